@@ -1,0 +1,245 @@
+"""Model versions on disk: the SFT base, RLHF policy adapters (``rlhf-vN``) and reward models
+(``reward-vN``).
+
+A version is a directory in standard PEFT format (``adapter_config.json`` +
+``adapter_model.safetensors``; a reward model adds ``score_head.safetensors``) with a
+``card.json``: kind, parent, created, training config, data, metrics, and the SHA-256 of every
+file. Versions shipped inside the package (read-only) and versions trained into
+``<data dir>/versions`` are listed together. Publishing is atomic: copy into a temporary directory
+on the same file system, fsync, rename. A partial or corrupt version is reported and skipped,
+never loaded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PACKAGE_VERSIONS = Path(__file__).parent / "versions"
+SFT = "sft"
+KINDS = ("policy", "reward")
+PREFIX = {"policy": "rlhf", "reward": "reward"}
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+REQUIRED_FILES = {"policy": ("adapter_config.json", "adapter_model.safetensors"),
+                  "reward": ("adapter_config.json", "adapter_model.safetensors", "score_head.safetensors")}
+
+
+class RegistryError(ValueError):
+    """A bad name, an unknown version, or a version that cannot be published."""
+
+
+@dataclass
+class Version:
+    name: str
+    kind: str  # "policy" or "reward"
+    path: Path | None  # None for the SFT base
+    card: dict = field(default_factory=dict)
+    source: str = "data"  # "base", "package" or "data"
+
+    @property
+    def is_base(self) -> bool:
+        return self.path is None
+
+    @property
+    def content_hash(self) -> str:
+        """Short SHA-256 of the adapter weights ("base" for SFT) — recorded with every vote."""
+        if self.path is None:
+            return "base"
+        return self.card.get("files", {}).get("adapter_model.safetensors", "")[:16]
+
+    @property
+    def number(self) -> int:
+        m = re.search(r"-v(\d+)$", self.name)
+        return int(m.group(1)) if m else -1
+
+
+def check_name(name: str) -> str:
+    """Refuse names that could escape the versions directory or are not ours (e.g. ``../x``)."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise RegistryError(f"invalid version name {name!r}: use lower-case letters, digits, '-' and '_' "
+                            "(e.g. rlhf-v1, reward-v0)")
+    return name
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def validate_version_dir(path: Path) -> dict:
+    """Return the card of a complete, uncorrupted version directory, or raise RegistryError."""
+    card_path = path / "card.json"
+    if not card_path.is_file():
+        raise RegistryError(f"{path}: no card.json (partial or foreign directory)")
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RegistryError(f"{card_path}: unreadable card ({exc})") from exc
+    kind = card.get("kind")
+    if kind not in KINDS:
+        raise RegistryError(f"{card_path}: kind must be one of {KINDS}, got {kind!r}")
+    for name in REQUIRED_FILES[kind]:
+        if not (path / name).is_file():
+            raise RegistryError(f"{path}: missing {name}")
+    for name, expected in card.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise RegistryError(f"{path}: missing {name} listed in card.json")
+        if sha256_file(f) != expected:
+            raise RegistryError(f"{f}: content does not match its SHA-256 in card.json (corrupt)")
+    try:
+        json.loads((path / "adapter_config.json").read_text())
+        from safetensors import safe_open
+
+        for name in REQUIRED_FILES[kind]:
+            if name.endswith(".safetensors"):
+                with safe_open(str(path / name), framework="pt") as fh:
+                    list(fh.keys())
+    except Exception as exc:  # noqa: BLE001 - any parse failure means corrupt
+        raise RegistryError(f"{path}: corrupt adapter files ({exc})") from exc
+    return card
+
+
+class Registry:
+    """Lists, validates and publishes versions from the package and the data directory."""
+
+    def __init__(self, versions_dir: Path, package_dir: Path | None = PACKAGE_VERSIONS):
+        self.versions_dir = Path(versions_dir)
+        self.package_dir = Path(package_dir) if package_dir else None
+        self.problems: dict[str, str] = {}
+        self._cache: dict[tuple, dict] = {}
+
+    # -- listing --------------------------------------------------------------------------
+    def _scan(self) -> dict[str, Version]:
+        found: dict[str, Version] = {}
+        problems: dict[str, str] = {}
+        for source, root in (("package", self.package_dir), ("data", self.versions_dir)):
+            if root is None or not root.is_dir():
+                continue
+            for path in sorted(root.iterdir()):
+                if not path.is_dir() or path.name.startswith(".") or not NAME_RE.match(path.name):
+                    continue  # temp dirs of an interrupted publish are hidden (".tmp-…")
+                try:
+                    # re-validate (hash every file) only when a file changed since the last scan
+                    stamp = (str(path),) + tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                                        for f in path.iterdir()))
+                    card = self._cache.get(stamp) or validate_version_dir(path)
+                    self._cache[stamp] = card
+                except (RegistryError, OSError) as exc:
+                    problems[path.name] = str(exc)
+                    continue
+                if path.name in found:
+                    problems[path.name] = f"{path}: duplicate of {found[path.name].path}; ignored"
+                    continue
+                found[path.name] = Version(path.name, card["kind"], path, card, source)
+        for name, why in problems.items():
+            if self.problems.get(name) != why:
+                log.warning("skipping version %s: %s", name, why)
+        self.problems = problems
+        return found
+
+    def list(self, kind: str | None = "policy") -> list[Version]:
+        """Versions of one kind (policy includes the SFT base first), oldest first."""
+        versions = list(self._scan().values())
+        if kind:
+            versions = [v for v in versions if v.kind == kind]
+        versions.sort(key=lambda v: (v.kind, v.number, v.name))
+        if kind in (None, "policy"):
+            versions.insert(0, Version(SFT, "policy", None, {"kind": "policy", "description": "the SFT base model"}, "base"))
+        return versions
+
+    def names(self, kind: str | None = "policy") -> list[str]:
+        return [v.name for v in self.list(kind)]
+
+    def get(self, name: str, kind: str | None = None) -> Version:
+        check_name(name)
+        for v in self.list(None):
+            if v.name == name and (kind is None or v.kind == kind):
+                return v
+        if name in self.problems:
+            raise RegistryError(f"version {name!r} is broken and was skipped: {self.problems[name]}")
+        known = ", ".join(self.names(kind)) or "none"
+        raise RegistryError(f"unknown {kind or 'version'} {name!r}; known: {known}")
+
+    def newest(self, kind: str = "policy") -> Version | None:
+        versions = [v for v in self.list(kind) if not v.is_base]
+        return max(versions, key=lambda v: (v.number, v.card.get("created", ""))) if versions else None
+
+    def next_name(self, kind: str = "policy") -> str:
+        prefix = PREFIX[kind]
+        taken = [v.number for v in self.list(kind) if v.name.startswith(prefix + "-v")]
+        taken += [int(m.group(1)) for n in self.problems if (m := re.match(rf"{prefix}-v(\d+)$", n))]
+        return f"{prefix}-v{max(taken, default=-1) + 1}"
+
+    # -- publishing -----------------------------------------------------------------------
+    def publish(self, src_dir: Path, card: dict, name: str | None = None) -> Version:
+        """Copy ``src_dir`` in as a new version, atomically. Returns the published version."""
+        kind = card.get("kind")
+        if kind not in KINDS:
+            raise RegistryError(f"card kind must be one of {KINDS}")
+        name = check_name(name or self.next_name(kind))
+        if name == SFT or any(v.name == name for v in self.list(None)):
+            raise RegistryError(f"version {name!r} exists already; versions are never overwritten")
+        src_dir = Path(src_dir)
+        for required in REQUIRED_FILES[kind]:
+            if not (src_dir / required).is_file():
+                raise RegistryError(f"cannot publish {name}: {src_dir} has no {required}")
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.versions_dir))
+        try:
+            files = {}
+            for f in sorted(src_dir.iterdir()):
+                if f.is_file() and f.name != "card.json":
+                    shutil.copyfile(f, tmp / f.name)
+                    files[f.name] = sha256_file(tmp / f.name)
+            card = dict(card, name=name, files=files)
+            card.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+            (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            _fsync_dir(tmp)
+            validate_version_dir(tmp)
+            final = self.versions_dir / name
+            os.rename(tmp, final)  # atomic on one file system; fails if `final` exists
+            _fsync_dir(self.versions_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("published %s at %s", name, final)
+        return Version(name, kind, final, card, "data")
+
+    def clean_partial(self) -> list[Path]:
+        """Remove leftovers of interrupted publishes (hidden ``.tmp-*`` directories)."""
+        removed = []
+        if self.versions_dir.is_dir():
+            for path in self.versions_dir.glob(".tmp-*"):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed

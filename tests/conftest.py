@@ -1,0 +1,112 @@
+"""Shared fixtures.
+
+* ``embedded_settings``: Settings whose data dir is a fresh temp dir, with the converted embedded
+  model linked in from a cache shared by all test runs of this checkout (converted once).
+* ``tiny_model``: a random 2-layer Llama built from a config, with the embedded tokenizer — for
+  training tests that must run in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf_demo.config import Settings, apply_offline
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MODEL_CACHE = Path(os.environ.get("RLHF_ARENA_TEST_CACHE", ROOT / ".cache" / "test-data"))
+
+apply_offline(False)  # tests never reach a hub
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def shared_data(relative: str) -> Path:
+    """A file from ../shared/data, or skip the test with a message when it is absent."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"{path} is absent (a user's clone has no ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def converted_models_dir() -> Path:
+    """The embedded model converted once into a cache shared by test runs."""
+    from rlhf_demo.base_model import resolve_base_model
+
+    MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    resolve_base_model(Settings(data_dir=MODEL_CACHE))
+    return MODEL_CACHE / "models"
+
+
+@pytest.fixture()
+def embedded_settings(tmp_path, converted_models_dir) -> Settings:
+    (tmp_path / "models").symlink_to(converted_models_dir, target_is_directory=True)
+    return Settings(data_dir=tmp_path, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def embedded_model(converted_models_dir):
+    """(model, tokenizer) of the embedded SFT model in fp32, loaded once per session. Do not train it."""
+    from rlhf_demo.base_model import load_base_model
+
+    model, tok = load_base_model(Settings(data_dir=converted_models_dir.parent, device="cpu", dtype="float32"))
+    model.eval()
+    return model, tok
+
+
+@pytest.fixture(scope="session")
+def tokenizer(converted_models_dir):
+    from rlhf_demo.base_model import load_tokenizer
+
+    return load_tokenizer(Settings(data_dir=converted_models_dir.parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A random 2-layer Llama with the embedded tokenizer, saved like any local model directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny-model")
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def tiny_settings(tmp_path, tiny_model_dir) -> Settings:
+    return Settings(data_dir=tmp_path, base_model=str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+def write_random_adapter(settings: Settings, out_dir: Path, seed: int, r: int = 8, scale: float = 1.0) -> Path:
+    """Save a LoRA adapter with random, non-zero weights (so it changes the output) in PEFT format."""
+    from peft import LoraConfig, get_peft_model
+
+    from rlhf_demo.base_model import load_base_model
+
+    model, _ = load_base_model(settings)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "o_proj"],
+                                                  init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.mul_(scale)
+    peft_model.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture()
+def random_adapter(tmp_path):
+    def make(settings: Settings, seed: int = 1, **kw) -> Path:
+        return write_random_adapter(settings, tmp_path / f"adapter-{seed}", seed, **kw)
+    return make
