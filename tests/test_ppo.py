@@ -1,0 +1,118 @@
+"""PPO-max end to end on a tiny random model: a full iteration, resume after a crash, the guard."""
+
+import json
+
+import pytest
+import torch
+
+from rlhf_demo.registry import Registry
+from training import ppo
+from training.ppo import CollapseGuard, PPOConfig, pack, train
+from training.roles import RewardModel, lora_config
+
+
+@pytest.fixture()
+def tiny_reward(tiny_settings, tmp_path):
+    """A random reward model on the tiny base, published as reward-v5."""
+    from rlhf_demo.base_model import load_base_model
+
+    base, _ = load_base_model(tiny_settings)
+    torch.manual_seed(0)
+    rm = RewardModel.create(base, lora_config(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    out = rm.save(tmp_path / "rm")
+    Registry(tiny_settings.versions_dir).publish(out, {"kind": "reward", "config": {"max_length": 256}},
+                                                 name="reward-v5")
+    return "reward-v5"
+
+
+def tiny_cfg(tmp_path, **kw):
+    base = dict(reward_model="reward-v5", iterations=2, rollout_batch_size=4, mini_batch_size=2, response_length=6,
+                val_prompts=2, max_prompts=12, eval_every=2, checkpoint_every=1, critic_warmup=1, lora_r=4,
+                lora_alpha=8, kl_bound=1e9, run_dir=str(tmp_path / "run"), name="rlhf-v7", seed=3,
+                guard_patience=100, max_repeated_ngrams=1.1, min_perplexity=0.0, max_length_pinned=1.1)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+def test_full_ppo_iteration_publishes_a_version(tiny_settings, tiny_reward, tmp_path):
+    summary = train(tiny_cfg(tmp_path), tiny_settings)
+    assert summary["published"] == "rlhf-v7"
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ["reward/score_mean", "reward/score_std", "objective/kl", "response/length", "response/perplexity",
+                "policy/entropy", "value/loss", "value/clipfrac", "value/explained_variance"]:
+        assert key in rows[0], key
+    assert "policy/loss" not in rows[0], "iteration 1 is critic warm-up"
+    assert {"policy/loss", "policy/clipfrac", "policy/approx_kl", "val/score", "val/kl"} <= set(rows[1])
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    version = Registry(tiny_settings.versions_dir).get("rlhf-v7")
+    assert version.card["reward_model"] == "reward-v5" and version.card["best_step"] == 2
+    assert version.card["config"]["kl_coef"] == 0.05
+
+
+def test_kill_and_resume_continue_from_the_same_state(tiny_settings, tiny_reward, tmp_path):
+    cfg = tiny_cfg(tmp_path, iterations=3, publish=False)
+    straight = train(cfg, tiny_settings)
+    rows_straight = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+
+    crashed = tiny_cfg(tmp_path, iterations=3, publish=False, run_dir=str(tmp_path / "run2"))
+    assert train(crashed, tiny_settings, stop_after=2)["interrupted_at"] == 2
+    crashed.resume = True
+    train(crashed, tiny_settings)
+    rows_resumed = [json.loads(x) for x in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows_resumed] == [1, 2, 3]
+    for a, b in zip(rows_straight, rows_resumed):
+        for key in ["reward/score_mean", "objective/kl", "value/loss", "response/length"]:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
+    assert straight["iterations"] == 3
+
+
+def test_collapse_guard_triggers_on_a_constructed_collapse():
+    cfg = PPOConfig(kl_bound=5.0, guard_patience=2)
+    guard = CollapseGuard(cfg)
+    healthy = {"objective/kl": 1.0, "response/eos_rate": 0.9, "response/perplexity": 3.0, "response/repeated_4gram": 0.0}
+    assert guard.check(healthy) is None
+    collapsed = dict(healthy, **{"response/repeated_4gram": 0.9, "response/perplexity": 1.001})
+    assert guard.check(collapsed) is None  # one iteration is not a trend
+    reason = guard.check(collapsed)
+    assert reason and ("perplexity" in reason or "repeated" in reason)
+    guard = CollapseGuard(cfg)
+    for _ in range(2):
+        reason = guard.check(dict(healthy, **{"objective/kl": 9.0}))
+    assert "KL 9.00 above the bound 5.0" in reason
+    guard = CollapseGuard(cfg)
+    for _ in range(2):
+        reason = guard.check(dict(healthy, **{"response/eos_rate": 0.0}))
+    assert "pinned at max length" in reason
+
+
+def test_collapse_guard_stops_a_run_and_keeps_the_best(tiny_settings, tiny_reward, tmp_path):
+    # a bound of 0 nats cannot be met: the guard stops the run and nothing is published
+    summary = train(tiny_cfg(tmp_path, iterations=4, kl_bound=-1.0, guard_patience=1), tiny_settings)
+    assert summary["stopped"].startswith("collapse guard at iteration 1: KL")
+    assert "published" not in summary and summary["best_step"] is None
+
+
+def test_pack_aligns_answers_and_masks_the_predicting_positions():
+    ids, attn, resp = pack([[5, 6], [7]], [[8, 9, 2], [3]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 8, 9, 2], [0, 7, 3, 0, 0]]
+    assert attn.tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 0, 0]]
+    assert resp.tolist() == [[0, 1, 1, 1], [0, 1, 0, 0]]
+
+
+def test_evaluation_prompts_never_enter_the_pool(tiny_settings):
+    from training.data import eval_prompt_keys, normalize_text
+
+    train_p, val_p = ppo.prompt_pool(PPOConfig(), tiny_settings)
+    banned = eval_prompt_keys()
+    assert len(train_p) > 100 and banned
+    assert not any(normalize_text(m[-1]["content"]) in banned for m in train_p + val_p)
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        ppo.main(["--help"])
+    out = capsys.readouterr().out
+    for flag in ["--kl-coef", "--reward-normalize", "--whiten-advantages", "--value-clip", "--critic-warmup",
+                 "--ptx-coef", "--eos-penalty", "--kl-bound", "--resume", "--load-in-4bit"]:
+        assert flag in out, flag

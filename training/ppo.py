@@ -1,0 +1,605 @@
+"""PPO-max on one base model: `python -m training.ppo`.
+
+Reads top to bottom like the algorithm of Zheng et al. 2023, "Secrets of RLHF in Large Language
+Models Part I: PPO" (PPO-max), in the style of CleanRL's ppo.py. One base model holds every role:
+
+    policy     trainable LoRA adapter "policy"           (starts as the SFT model, or an rlhf-vN)
+    reference  the same model with adapters disabled     (the SFT model)
+    reward     frozen LoRA adapter "reward" + score head (a reward-vN from the registry)
+    critic     trainable LoRA adapter "critic" + value head, initialised from the reward model
+
+Every PPO-max trick is a named, switchable field of :class:`PPOConfig` (defaults = PPO-max) and
+every metric is logged under the same name in metrics.jsonl, TensorBoard and the PNG curves:
+
+    reward/score_mean reward/score_std reward/normalized_mean objective/kl objective/kl_per_token
+    response/length response/eos_rate response/perplexity response/repeated_4gram policy/entropy
+    policy/loss policy/clipfrac policy/approx_kl value/loss value/clipfrac value/explained_variance
+    val/score val/kl
+
+At the end the best checkpoint (highest validation score within the KL bound) is published
+atomically to the registry as the next ``rlhf-vN``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhf_demo.config import Settings
+from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch, stop_ids
+from rlhf_demo.registry import Registry
+from training import losses as L
+from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.config_cli import parse_config
+from training.actor_critic import ActorCriticRoles
+
+
+@dataclass
+class PPOConfig:
+    # ---------------------------------------------------------------- data
+    prompts: list[str] = field(default_factory=lambda: ["seed"], metadata={
+        "help": "prompt sources, repeatable: 'seed' (rlhf_demo/data/ppo_prompts.jsonl), 'arena' (users' prompts "
+                "from the feedback database), or a .txt/.jsonl file. Evaluation prompts are always removed."})
+    max_prompts: int = field(default=0, metadata={"help": "use at most this many training prompts (0 = all)"})
+    val_prompts: int = field(default=16, metadata={
+        "help": "prompts held out of the pool for the validation score that picks the best checkpoint"})
+    # ---------------------------------------------------------------- models
+    reward_model: str = field(default="", metadata={"help": "reward-vN to optimise (default: the newest)"})
+    init_policy: str = field(default="sft", metadata={
+        "help": "policy to start from: 'sft' or an rlhf-vN to continue training its adapter"})
+    name: str = field(default="", metadata={"help": "name of the published version (default: the next rlhf-vN)"})
+    publish: bool = field(default=True, metadata={"help": "publish the best checkpoint to the registry at the end"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of the policy and critic adapters"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0 keeps rollout and update identical)"})
+    lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                                     metadata={"help": "comma-separated module names that get LoRA"})
+    # ---------------------------------------------------------------- rollouts
+    iterations: int = field(default=60, metadata={"help": "PPO iterations (rollout + update)"})
+    rollout_batch_size: int = field(default=16, metadata={"help": "prompts sampled per iteration (the buffer)"})
+    response_length: int = field(default=48, metadata={"help": "longest sampled answer, in tokens"})
+    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "rollout nucleus sampling (1 = sample the full policy)"})
+    # ---------------------------------------------------------------- PPO-max: reward shaping
+    kl_coef: float = field(default=0.05, metadata={
+        "help": "token-level KL penalty coefficient β (PPO-max: 0.01–0.05): r_t = -β·KL_t (+ score at the last token)"})
+    kl_estimator: str = field(default="k1", metadata={"help": "per-token KL estimator for the penalty: k1, k2 or k3"})
+    reward_normalize: bool = field(default=True, metadata={
+        "help": "PPO-max reward normalisation: divide scores by their running std (running moments)"})
+    reward_shift_mean: bool = field(default=True, metadata={"help": "also subtract the running mean of the scores"})
+    reward_clip: float = field(default=5.0, metadata={"help": "PPO-max reward clipping to [-c, c] (0 = off)"})
+    eos_penalty: float = field(default=-1.0, metadata={
+        "help": "added to the (normalised) score of an answer that never reaches EOS (0 = off)"})
+    # ---------------------------------------------------------------- PPO-max: advantages and losses
+    gamma: float = field(default=1.0, metadata={"help": "discount γ of GAE (PPO-max: 1)"})
+    lam: float = field(default=0.95, metadata={"help": "GAE λ (PPO-max: 0.95)"})
+    whiten_advantages: bool = field(default=True, metadata={"help": "PPO-max advantage whitening per batch"})
+    clip_range: float = field(default=0.2, metadata={"help": "policy ratio clip ε of the surrogate objective"})
+    value_clip: float = field(default=0.2, metadata={"help": "PPO-max value-loss clipping around old values (0 = off)"})
+    vf_coef: float = field(default=1.0, metadata={"help": "critic loss weight"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight (0 = only logged)"})
+    ptx_coef: float = field(default=0.0, metadata={
+        "help": "PPO-ptx: weight of an SFT loss on the seed pairs' chosen answers (0 = off)"})
+    critic_from_reward: bool = field(default=True, metadata={
+        "help": "PPO-max: initialise the critic adapter and head from the reward model"})
+    critic_warmup: int = field(default=2, metadata={
+        "help": "PPO-max: iterations that update only the critic before the policy moves"})
+    ppo_epochs: int = field(default=1, metadata={"help": "K epochs over the buffer per iteration"})
+    mini_batch_size: int = field(default=8, metadata={"help": "rollouts per gradient step"})
+    policy_lr: float = field(default=5e-5, metadata={
+        "help": "policy learning rate (paper 5e-7 for full fine-tuning; LoRA needs larger)"})
+    critic_lr: float = field(default=5e-5, metadata={"help": "critic learning rate (paper 1.65e-6 full FT)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "PPO-max global gradient clipping (0 = off)"})
+    # ---------------------------------------------------------------- collapse guard
+    kl_bound: float = field(default=10.0, metadata={
+        "help": "KL bound (nats per answer, objective/kl): the best checkpoint must be within it; the guard "
+                "stops the run when KL stays above it"})
+    guard_patience: int = field(default=3, metadata={"help": "iterations a collapse signal must persist to stop"})
+    min_perplexity: float = field(default=1.01, metadata={"help": "collapse if per-token perplexity falls below"})
+    max_repeated_ngrams: float = field(default=0.5, metadata={"help": "collapse if the repeated 4-gram share exceeds"})
+    max_length_pinned: float = field(default=0.95, metadata={
+        "help": "collapse if this share of answers hits --response-length without EOS"})
+    # ---------------------------------------------------------------- bookkeeping
+    eval_every: int = field(default=5, metadata={"help": "validation score every N iterations (and at the end)"})
+    checkpoint_every: int = field(default=5, metadata={"help": "checkpoint every N iterations"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --run-dir"})
+    run_dir: str = field(default="", metadata={"help": "where checkpoints/metrics/plots go (default: <data dir>/runs/ppo-<time>)"})
+    seed: int = field(default=0, metadata={"help": "seed for prompts, sampling and initialisation"})
+    report_to: str = field(default="jsonl", metadata={"help": "'jsonl', or 'tensorboard' (also writes jsonl)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
+
+
+# ================================================================================================
+# 1. Data: prompts (evaluation prompts are never in the pool)
+# ================================================================================================
+def prompt_pool(cfg: PPOConfig, settings: Settings) -> tuple[list[list[dict]], list[list[dict]]]:
+    """(train, validation) conversations; training.data drops every evaluation prompt."""
+    from training.data import load_prompts
+
+    prompts = [item.messages for item in load_prompts(cfg.prompts, settings=settings)]
+    rng = random.Random(cfg.seed)
+    rng.shuffle(prompts)
+    val, train = prompts[:cfg.val_prompts], prompts[cfg.val_prompts:]
+    if cfg.max_prompts:
+        train = train[:cfg.max_prompts]
+    if not train:
+        raise SystemExit("error: no training prompts left (check --prompts)")
+    return train, val
+
+
+class PromptSampler:
+    """Epochs over a shuffled pool; its state is saved with checkpoints so resume sees the same batches."""
+
+    def __init__(self, pool: list[list[dict]], seed: int):
+        self.pool, self.seed, self.epoch, self.pos = pool, seed, 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        order = list(range(len(self.pool)))
+        random.Random(self.seed * 1000003 + self.epoch).shuffle(order)
+        return order
+
+    def next(self, n: int) -> list[list[dict]]:
+        out = []
+        while len(out) < n:
+            if self.pos == len(self._order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._shuffle()
+            out.append(self.pool[self._order[self.pos]])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._shuffle()
+
+
+# ================================================================================================
+# 2. Rollouts: sample answers from the policy; pack prompt+answer into one padded batch
+# ================================================================================================
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor       # [B, T]  left-padded prompt, then the answer, then right padding
+    attention_mask: torch.Tensor  # [B, T]
+    response_mask: torch.Tensor   # [B, T-1] 1 where position t predicts an answer token (logits index)
+    prompts: list[list[dict]]     # the conversations answered
+    responses: list[str]
+    response_tokens: list[list[int]]
+    reached_eos: torch.Tensor     # [B] bool
+
+
+def pack(prompt_ids: list[list[int]], answers: list[list[int]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Left-pad prompts and right-pad answers so every answer starts at the same column."""
+    p_len = max(len(p) for p in prompt_ids)
+    a_len = max(1, max(len(a) for a in answers))
+    B = len(prompt_ids)
+    ids = torch.full((B, p_len + a_len), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    resp = torch.zeros((B, p_len + a_len - 1), dtype=torch.long)
+    for i, (p, a) in enumerate(zip(prompt_ids, answers)):
+        ids[i, p_len - len(p):p_len] = torch.tensor(p)
+        ids[i, p_len:p_len + len(a)] = torch.tensor(a, dtype=torch.long)
+        attn[i, p_len - len(p):p_len + len(a)] = 1
+        resp[i, p_len - 1:p_len - 1 + len(a)] = 1  # logits at t predict token t+1
+    return ids, attn, resp
+
+
+def rollout(roles: ActorCriticRoles, tokenizer, prompts: list[list[dict]], cfg: PPOConfig, seed: int,
+            greedy: bool = False) -> Rollout:
+    msgs = prompts
+    prompt_ids = [build_prompt_ids(tokenizer, m, max_prompt_tokens=256) for m in msgs]
+    params = [GenerationParams(max_new_tokens=cfg.response_length, temperature=cfg.temperature, top_p=cfg.top_p,
+                               repetition_penalty=1.0, greedy=greedy, seed=seed + i) for i in range(len(prompts))]
+    with roles.use("policy"):
+        results = decode_batch(roles.model, tokenizer, prompt_ids, params)
+    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else \
+        min(stop_ids(tokenizer, roles.model))
+    # The EOS token is an action too: keep it in the answer so PPO learns when to stop.
+    answers = [r.token_ids + ([eos_id] if r.finish_reason == "eos" else []) for r in results]
+    ids, attn, resp = pack(prompt_ids, answers, tokenizer.pad_token_id)
+    return Rollout(ids, attn, resp, prompts, [tokenizer.decode(r.token_ids, skip_special_tokens=True) for r in results],
+                   [r.token_ids for r in results], torch.tensor([r.finish_reason == "eos" for r in results]))
+
+
+# ================================================================================================
+# 3. Experience: reward-model scores, reference/old log-probs and values, per-token rewards, GAE
+# ================================================================================================
+def conversations(ro: Rollout) -> list[list[dict]]:
+    return [p + [{"role": "assistant", "content": r}] for p, r in zip(ro.prompts, ro.responses)]
+
+
+@dataclass
+class Experience:
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    scores: torch.Tensor          # raw reward-model scores [B]
+    rewards: torch.Tensor         # per-token rewards [B, T-1]
+    kl: torch.Tensor              # per-token KL estimate [B, T-1]
+    entropy: torch.Tensor         # per-token policy entropy [B, T-1]
+
+
+@torch.no_grad()
+def make_experience(roles: ActorCriticRoles, ro: Rollout, cfg: PPOConfig, moments: L.RunningMoments) -> Experience:
+    ids, attn, mask = ro.input_ids, ro.attention_mask, ro.response_mask
+    scores = roles.score(conversations(ro))                           # reward role
+    logits = roles.logits("policy", ids, attn)
+    old_logp = L.logprobs_from_logits(logits[:, :-1], ids[:, 1:])    # policy role, before the update
+    entropy = L.entropy_from_logits(logits[:, :-1])
+    del logits
+    ref_logp = L.logprobs_from_logits(roles.logits(None, ids, attn)[:, :-1], ids[:, 1:])  # reference role
+    old_values = roles.values(ids, attn)[:, :-1]                      # critic role
+
+    # PPO-max: reward normalisation and clipping with running moments
+    shaped = scores.clone()
+    if cfg.reward_normalize:
+        moments.update(scores)
+        shaped = L.normalize_and_clip_rewards(scores, moments, cfg.reward_clip or None, cfg.reward_shift_mean)
+    elif cfg.reward_clip:
+        shaped = shaped.clamp(-cfg.reward_clip, cfg.reward_clip)
+    # penalty for answers that never reach EOS
+    if cfg.eos_penalty:
+        shaped = shaped + cfg.eos_penalty * (~ro.reached_eos).float()
+    # PPO-max: token-level KL penalty to the reference
+    rewards, kl = L.kl_penalized_rewards(shaped, old_logp, ref_logp, mask, cfg.kl_coef, cfg.kl_estimator)
+    # GAE (γ=1, λ=0.95), then PPO-max advantage whitening
+    advantages, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = L.masked_whiten(advantages, mask)
+    return Experience(old_logp, ref_logp, old_values, advantages, returns, scores, rewards, kl, entropy)
+
+
+# ================================================================================================
+# 4. The update: K epochs over mini-batches; clipped surrogate, clipped value loss, global grad clip
+# ================================================================================================
+def ppo_update(roles: ActorCriticRoles, ro: Rollout, ex: Experience, cfg: PPOConfig, policy_opt, critic_opt,
+               update_policy: bool, rng: torch.Generator, ptx_batch=None) -> dict[str, float]:
+    B = ro.input_ids.shape[0]
+    stats: dict[str, list[float]] = {}
+    for _epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(B, generator=rng)
+        for start in range(0, B, cfg.mini_batch_size):
+            idx = order[start:start + cfg.mini_batch_size]
+            cols = used_columns(ro.attention_mask[idx])  # drop all-padding columns: less work per step
+            ids, attn = ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols]
+            tok = slice(cols.start, cols.stop - 1)        # per-token tensors have one column fewer
+            mask = ro.response_mask[idx][:, tok]
+            if update_policy:
+                logits = roles.logits("policy", ids, attn, grad=True)[:, :-1]
+                logp = L.logprobs_from_logits(logits, ids[:, 1:])
+                pg_loss, clipfrac, approx_kl = L.clipped_surrogate_loss(
+                    logp, ex.old_logp[idx][:, tok], ex.advantages[idx][:, tok], mask, cfg.clip_range)
+                loss = pg_loss
+                if cfg.entropy_coef:
+                    loss = loss - cfg.entropy_coef * L.masked_mean(L.entropy_from_logits(logits), mask)
+                if cfg.ptx_coef and ptx_batch is not None:
+                    p_ids, p_attn, p_mask = ptx_batch
+                    p_logits = roles.logits("policy", p_ids, p_attn, grad=True)[:, :-1]
+                    ptx = L.ptx_loss(p_logits, p_ids[:, 1:], p_mask)
+                    loss = loss + cfg.ptx_coef * ptx
+                    _add(stats, "policy/ptx_loss", ptx.item())
+                policy_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm:
+                    _add(stats, "policy/grad_norm", float(torch.nn.utils.clip_grad_norm_(roles.params("policy"),
+                                                                                          cfg.max_grad_norm)))
+                policy_opt.step()
+                _add(stats, "policy/loss", pg_loss.item())
+                _add(stats, "policy/clipfrac", float(clipfrac))
+                _add(stats, "policy/approx_kl", float(approx_kl))
+                del logits, logp, loss
+            values = roles.values(ids, attn, grad=True)[:, :-1]
+            v_loss, v_clipfrac = L.clipped_value_loss(values, ex.old_values[idx][:, tok], ex.returns[idx][:, tok], mask,
+                                                      cfg.value_clip or None)
+            critic_opt.zero_grad(set_to_none=True)
+            (cfg.vf_coef * v_loss).backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(roles.params("critic"), cfg.max_grad_norm)
+            critic_opt.step()
+            _add(stats, "value/loss", v_loss.item())
+            _add(stats, "value/clipfrac", float(v_clipfrac))
+    return {k: float(np.mean(v)) for k, v in stats.items()}
+
+
+class PtxData:
+    """PPO-ptx: batches of the seed pairs' chosen answers for an SFT loss that anchors the policy."""
+
+    def __init__(self, tokenizer, batch_size: int, seed: int, max_length: int = 256):
+        from training.data import encode_conversation, load_pairs
+
+        self.rows = []
+        for pair in load_pairs(["seed"]):
+            full = encode_conversation(tokenizer, pair.conversation("chosen"))[:max_length]
+            prompt_len = len(build_prompt_ids(tokenizer, pair.prompt))
+            if prompt_len < len(full):
+                self.rows.append((full, prompt_len))
+        self.batch_size, self.seed, self.pad = batch_size, seed, tokenizer.pad_token_id
+
+    def batch(self, step: int):
+        rng = random.Random(self.seed * 31 + step)
+        rows = rng.sample(self.rows, min(self.batch_size, len(self.rows)))
+        width = max(len(r) for r, _ in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        mask = torch.zeros((len(rows), width - 1), dtype=torch.long)
+        for i, (r, p) in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r)
+            attn[i, :len(r)] = 1
+            mask[i, p - 1:len(r) - 1] = 1  # logits at t predict the answer token t+1
+        return ids, attn, mask
+
+
+def used_columns(attention_mask: torch.Tensor) -> slice:
+    """The columns of a mini-batch that are not padding in every row."""
+    used = attention_mask.any(0).nonzero()
+    return slice(int(used.min()), int(used.max()) + 1)
+
+
+def _add(stats, key, value):
+    stats.setdefault(key, []).append(value)
+
+
+# ================================================================================================
+# 5. Monitors: what the paper says reveals collapse, and the guard that stops a collapsing run
+# ================================================================================================
+def rollout_metrics(ro: Rollout, ex: Experience, cfg: PPOConfig) -> dict[str, float]:
+    mask = ro.response_mask
+    lengths = mask.sum(1).float()
+    seq_kl = (ex.kl * mask).sum(1)
+    nll = -L.masked_mean(ex.old_logp, mask)
+    return {
+        "reward/score_mean": float(ex.scores.mean()),
+        "reward/score_std": float(ex.scores.std()) if len(ex.scores) > 1 else 0.0,
+        "reward/normalized_mean": float((ex.rewards * mask).sum(1).mean()),
+        "objective/kl": float(seq_kl.mean()),
+        "objective/kl_per_token": float(L.masked_mean(ex.kl, mask)),
+        "response/length": float(lengths.mean()),
+        "response/eos_rate": float(ro.reached_eos.float().mean()),
+        "response/perplexity": float(torch.exp(nll)),
+        "response/repeated_4gram": float(np.mean([L.repeated_ngram_fraction(t, 4) for t in ro.response_tokens])),
+        "policy/entropy": float(L.masked_mean(ex.entropy, mask)),
+        "value/explained_variance": L.explained_variance(ex.old_values, ex.returns, mask),
+    }
+
+
+class CollapseGuard:
+    """Stops the run when a collapse signal persists for `patience` iterations (PPO-max §5)."""
+
+    def __init__(self, cfg: PPOConfig):
+        self.cfg, self.streak = cfg, {}
+
+    def signals(self, m: dict[str, float]) -> dict[str, bool]:
+        c = self.cfg
+        return {
+            f"KL {m['objective/kl']:.2f} above the bound {c.kl_bound}": m["objective/kl"] > c.kl_bound,
+            f"answers pinned at max length (EOS rate {m['response/eos_rate']:.2f})":
+                1 - m["response/eos_rate"] >= c.max_length_pinned,
+            f"perplexity collapsed to {m['response/perplexity']:.3f}": m["response/perplexity"] < c.min_perplexity,
+            f"repeated 4-grams {m['response/repeated_4gram']:.2f}": m["response/repeated_4gram"] > c.max_repeated_ngrams,
+        }
+
+    def check(self, m: dict[str, float]) -> str | None:
+        for name, firing in self.signals(m).items():
+            key = name.split(" ")[0]
+            self.streak[key] = self.streak.get(key, 0) + 1 if firing else 0
+            if self.streak[key] >= self.cfg.guard_patience:
+                return name
+        return None
+
+    def state_dict(self):
+        return dict(self.streak)
+
+    def load_state_dict(self, s):
+        self.streak = dict(s)
+
+
+@torch.no_grad()
+def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[list[dict]], cfg: PPOConfig) -> dict[str, float]:
+    """Greedy answers to held-out prompts: mean reward-model score and KL to the reference."""
+    ro = rollout(roles, tokenizer, val_prompts, cfg, seed=0, greedy=True)
+    scores = roles.score(conversations(ro))
+    logp = L.logprobs_from_logits(roles.logits("policy", ro.input_ids, ro.attention_mask)[:, :-1], ro.input_ids[:, 1:])
+    ref = L.logprobs_from_logits(roles.logits(None, ro.input_ids, ro.attention_mask)[:, :-1], ro.input_ids[:, 1:])
+    kl = ((logp - ref) * ro.response_mask).sum(1)
+    return {"val/score": float(scores.mean()), "val/kl": float(kl.mean()),
+            "val/eos_rate": float(ro.reached_eos.float().mean())}
+
+
+# ================================================================================================
+# 6. Logging and plots
+# ================================================================================================
+class MetricsLog:
+    def __init__(self, run_dir: Path, report_to: str):
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.tb:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, forget metrics logged after the checkpoint (they will be logged again)."""
+        rows = [r for r in self.rows() if r["step"] <= step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+PLOTTED = ["reward/score_mean", "objective/kl", "response/length", "response/perplexity", "policy/entropy",
+           "policy/clipfrac", "value/loss", "value/explained_variance", "policy/approx_kl", "val/score"]
+
+
+def plot_curves(rows: list[dict], out: Path) -> Path | None:
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 5, figsize=(20, 7))
+    for ax, key in zip(axes.flat, PLOTTED):
+        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None)
+        ax.set_title(key)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    fig.suptitle("PPO-max training curves")
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+# ================================================================================================
+# 7. The loop
+# ================================================================================================
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> dict:
+    """Run PPO-max; returns a summary. ``stop_after`` (tests) stops after that many iterations, as a crash would."""
+    from tqdm import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    registry = Registry(settings.versions_dir)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else settings.data_dir / "runs" / time.strftime("ppo-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps({"ppo": asdict(cfg), "base_model": settings.base_model}, indent=2))
+
+    train_prompts, val_prompts = prompt_pool(cfg, settings)
+    roles = ActorCriticRoles.build(settings, registry, cfg)
+    tokenizer = roles.tokenizer
+    policy_opt = torch.optim.AdamW(roles.params("policy"), lr=cfg.policy_lr, eps=1e-5)
+    critic_opt = torch.optim.AdamW(roles.params("critic"), lr=cfg.critic_lr, eps=1e-5)
+    moments = L.RunningMoments()
+    sampler = PromptSampler(train_prompts, cfg.seed)
+    guard = CollapseGuard(cfg)
+    update_rng = torch.Generator().manual_seed(cfg.seed)
+    ptx = PtxData(tokenizer, cfg.mini_batch_size, cfg.seed) if cfg.ptx_coef else None
+    log = MetricsLog(run_dir, cfg.report_to)
+    best = {"step": None, "val/score": -math.inf}
+    start = 0
+
+    def save(step: int) -> None:
+        save_checkpoint(run_dir, step, model=roles.model, adapters=("policy", "critic"), modules=roles.modules(),
+                        optimizer=policy_opt, keep_last=cfg.keep_checkpoints,
+                        extra={"critic_opt": critic_opt.state_dict(), "moments": moments.state_dict(),
+                               "sampler": sampler.state_dict(), "guard": guard.state_dict(), "best": dict(best),
+                               "update_rng": update_rng.get_state()})
+
+    if cfg.resume:
+        try:
+            ck = load_checkpoint(run_dir, model=roles.model, modules=roles.modules(), optimizer=policy_opt)
+        except CheckpointError as exc:
+            print(f"[ppo] --resume: {exc}; starting fresh", file=sys.stderr)
+        else:
+            start, s = ck.step, ck.extra
+            critic_opt.load_state_dict(s["critic_opt"])
+            moments.load_state_dict(s["moments"])
+            sampler.load_state_dict(s["sampler"])
+            guard.load_state_dict(s["guard"])
+            best.update(s["best"])
+            update_rng.set_state(s["update_rng"])
+            log.truncate_after(start)
+            print(f"[ppo] resumed from iteration {start} ({ck.path})", file=sys.stderr)
+
+    stopped = None
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="PPO-max", unit="it")
+    for it in bar:
+        step = it + 1
+        t0 = time.time()
+        seed_everything(cfg.seed * 7919 + step)  # per-iteration seed: a resumed run samples the same rollouts
+        ro = rollout(roles, tokenizer, sampler.next(cfg.rollout_batch_size), cfg, seed=cfg.seed * 100003 + step * 1009)
+        ex = make_experience(roles, ro, cfg, moments)
+        metrics = rollout_metrics(ro, ex, cfg)
+        warmup = step <= cfg.critic_warmup  # PPO-max: critic warm-up before the policy moves
+        ptx_batch = ptx.batch(step) if ptx else None
+        metrics.update(ppo_update(roles, ro, ex, cfg, policy_opt, critic_opt, not warmup, update_rng, ptx_batch))
+        metrics["time/iteration_s"] = time.time() - t0
+        if step % cfg.eval_every == 0 or step == cfg.iterations:
+            metrics.update(validate(roles, tokenizer, val_prompts, cfg))
+            if metrics["val/kl"] <= cfg.kl_bound and metrics["val/score"] > best["val/score"] and not warmup:
+                best = {"step": step, "val/score": metrics["val/score"], "val/kl": metrics["val/kl"]}
+                roles.save_policy(run_dir / "best")
+        log.log(step, metrics)
+        bar.set_postfix(score=f"{metrics['reward/score_mean']:.2f}", kl=f"{metrics['objective/kl']:.2f}",
+                        len=f"{metrics['response/length']:.0f}")
+        reason = guard.check(metrics)
+        if step % cfg.checkpoint_every == 0 or reason or step == cfg.iterations:
+            save(step)
+        if reason:
+            stopped = f"collapse guard at iteration {step}: {reason}"
+            print(f"[ppo] {stopped}; keeping the best checkpoint (iteration {best['step']})", file=sys.stderr)
+            break
+        if stop_after is not None and step >= start + stop_after:
+            return {"interrupted_at": step, "run_dir": str(run_dir)}
+    bar.close()
+
+    rows = log.rows()
+    plot = plot_curves(rows, run_dir / "curves.png")
+    summary = {"run_dir": str(run_dir), "iterations": rows[-1]["step"] if rows else 0, "stopped": stopped,
+               "best_step": best["step"], "best_val_score": best["val/score"] if best["step"] else None,
+               "curves": str(plot) if plot else None}
+    if best["step"] is None:
+        # no validation within the KL bound after warm-up: publish the final policy only if within bound
+        final_kl = rows[-1].get("val/kl") if rows else None
+        if final_kl is not None and final_kl <= cfg.kl_bound:
+            roles.save_policy(run_dir / "best")
+            best = {"step": rows[-1]["step"], "val/score": rows[-1].get("val/score"), "val/kl": final_kl}
+            summary["best_step"] = best["step"]
+    if cfg.publish and best["step"] is not None:
+        final = {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}
+        card = {"kind": "policy", "parent": cfg.init_policy, "base_model": settings.base_model,
+                "reward_model": roles.reward_name, "trainer": "training.ppo (PPO-max)", "config": asdict(cfg),
+                "data": {"prompts": cfg.prompts, "train_prompts": len(train_prompts), "val_prompts": len(val_prompts)},
+                "best_step": best["step"], "metrics": {"best": best, "final": final}, "stopped": stopped,
+                "command": " ".join(sys.argv) if sys.argv and "ppo" in sys.argv[0] else None}
+        version = registry.publish(run_dir / "best", card, name=cfg.name or None)
+        summary["published"] = version.name
+        print(f"[ppo] published {version.name} (best iteration {best['step']}) at {version.path}", file=sys.stderr)
+    elif cfg.publish:
+        print(f"[ppo] nothing published: no checkpoint within the KL bound {cfg.kl_bound}", file=sys.stderr)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, settings = parse_config(PPOConfig, "python -m training.ppo", __doc__, argv)
+    summary = train(cfg, settings)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
