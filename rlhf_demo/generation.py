@@ -151,7 +151,7 @@ def decode_batch(model, tokenizer, prompts: Sequence[Sequence[int]], params: Seq
     max_steps = max(p.max_new_tokens for p in params)
     for _ in range(max_steps):
         logits = model(input_ids=step_input, attention_mask=mask, position_ids=step_pos,
-                       cache=cache, use_cache=True, **extra).logits[:, -1, :]
+                       cache=cache, use_cache=True, logits_to_keep=1, **extra).logits[:, -1, :]
         logits = logits.float().cpu()
         keep, new_tokens = [], []
         for b, row in enumerate(alive):

@@ -1,0 +1,105 @@
+"""`python app.py`: the RLHF Arena in the browser (http://127.0.0.1:7860 by default).
+
+Blind side-by-side chat with two policies (SFT vs the newest RLHF version by default), votes and
+better answers stored in the feedback database, a leaderboard, the newest evaluation report and
+(for admins) the training tab. All logic lives in rlhf_demo/; this file parses flags and launches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+
+from rlhf_demo.config import add_settings_args, settings_from_args
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python app.py", description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1])
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on; 0.0.0.0 serves the network (use --auth then; default: %(default)s)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
+    p.add_argument("--auth", metavar="FILE", default=None,
+                   help="users file with salted password hashes (create it with `python -m rlhf_demo.auth add "
+                        "USER --file FILE`); enables login — nothing works without it — and puts the user name "
+                        "on every vote")
+    p.add_argument("--admin", metavar="USER", action="append", default=[],
+                   help="a user (from --auth) who may export data and train; repeat for several. Without "
+                        "--auth, the local user is the admin when --host is a loopback address, else nobody is")
+    p.add_argument("--policies", default="sft,newest",
+                   help="the pair offered in blind mode: two version names (e.g. 'sft,rlhf-v1'; 'newest' = the "
+                        "newest RLHF version when the round starts), or 'all' to sample two among every version "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the blind side swap and the pairing (default: random)")
+    p.add_argument("--bootstrap-rounds", type=int, default=200,
+                   help="bootstrap resamples for the leaderboard's 95%% intervals (default: %(default)s)")
+    p.add_argument("--concurrency", type=int, default=32,
+                   help="requests served at once per event (generation batches them together; default: %(default)s)")
+    p.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING; default: %(default)s)")
+    add_settings_args(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.admin and not args.auth:
+        parser.error("--admin needs --auth (admins are users who log in)")
+    from rlhf_demo.arena import ArenaError, parse_policies_spec
+
+    try:
+        parse_policies_spec(args.policies)
+    except ArenaError as exc:
+        why = exc.kwargs.get("why") or "use two names such as sft,newest, or all"
+        parser.error(f"--policies {args.policies!r}: {why}")
+    settings = settings_from_args(args)
+
+    from rlhf_demo.auth import AuthError, UserDB
+    from rlhf_demo.base_model import BaseModelError
+
+    users = None
+    if args.auth:
+        try:
+            users = UserDB(args.auth)
+        except AuthError as exc:
+            parser.error(str(exc))
+        unknown = [a for a in args.admin if a not in users.names]
+        if unknown:
+            parser.error(f"--admin {', '.join(unknown)}: not in {args.auth}")
+    local_admin = users is None and is_loopback(args.host)
+    if users is None and not is_loopback(args.host):
+        logging.warning("serving %s without --auth: anyone who can reach it may vote, and nobody is admin",
+                        args.host)
+
+    from rlhf_demo.ui import build_app
+
+    try:
+        app = build_app(settings, users=users, admins=args.admin, policies=args.policies, seed=args.seed,
+                        local_admin=local_admin, bootstrap_rounds=args.bootstrap_rounds,
+                        concurrency=args.concurrency)
+    except BaseModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if app.store.problem:
+        logging.error("%s — the arena serves, but cannot save feedback until this is fixed", app.store.problem)
+    app.launch(server_name=args.host, server_port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
