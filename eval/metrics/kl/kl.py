@@ -1,0 +1,106 @@
+"""KL divergence of a policy to the SFT model on the policy's own responses, per token, and the
+mean response length.
+
+Inputs are per-token log-probabilities of each response's tokens under the policy and under SFT
+(the same base model with the adapter disabled). From them: the k1 estimator mean(log p − log q)
+and the non-negative k3 estimator mean((r − 1) − log r) with r = q/p (Schulman, "Approximating KL
+divergence"). When the exact per-position KL over the whole vocabulary is supplied (``exact_kl``,
+what ``python -m eval`` computes), it is reported too and is the headline number: with greedy
+decoding the responses are not samples from the policy, so the sample estimators are biased,
+while the exact per-position KL along the policy's own responses is not.
+"""
+
+import datasets
+import evaluate
+import numpy
+
+from eval.stats import bootstrap_ci
+
+_DESCRIPTION = """
+Per-token KL(policy || SFT) on the policy's own responses (k1, k3 and exact per-position KL), with
+percentile bootstrap intervals over responses, and the mean response length in tokens.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (list of list of float): per-token log-probabilities of each response under the policy.
+    references (list of list of float): the same tokens' log-probabilities under SFT.
+    exact_kl (list of list of float, optional): exact KL(policy || SFT) of the next-token distributions
+        at each response position (summed over the vocabulary).
+    confidence (float): default 0.95. n_resamples (int): default 1000. seed (int): default 0.
+Returns:
+    kl_per_token ({"mean", "ci"} — exact when given, else k3), kl_k1_per_token, kl_k3_per_token,
+    kl_exact_per_token (when given), kl_per_response (mean over responses of the summed KL),
+    mean_length_tokens, n_responses, n_tokens.
+Examples:
+    >>> kl = evaluate.load("eval/metrics/kl")
+    >>> kl.compute(predictions=[[-1.0, -2.0]], references=[[-1.0, -2.0]])["kl_k1_per_token"]["mean"]
+    0.0
+"""
+
+_CITATION = """
+@misc{schulman2020kl,
+  title={Approximating KL Divergence}, author={Schulman, John},
+  howpublished={http://joschu.net/blog/kl-approx.html}, year={2020}
+}
+"""
+
+
+def _token_mean_ci(per_seq, confidence, n_resamples, seed):
+    """Token-weighted mean over all tokens, bootstrapped over responses (keeps tokens of a response together)."""
+    sums = numpy.array([float(numpy.sum(s)) for s in per_seq])
+    lens = numpy.array([len(s) for s in per_seq], dtype=float)
+    total = lens.sum()
+    if total == 0:
+        return {"mean": None, "ci": [None, None]}
+
+    def stat(idx):
+        denom = lens[idx].sum()
+        return float(sums[idx].sum() / denom) if denom else 0.0
+
+    lo, hi = bootstrap_ci(stat, len(per_seq), n_resamples, confidence, seed)
+    return {"mean": float(sums.sum() / total), "ci": [lo, hi], "confidence": confidence,
+            "method": "token-weighted mean; percentile bootstrap over responses"}
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class KL(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Sequence(datasets.Value("float64")),
+                                        "references": datasets.Sequence(datasets.Value("float64"))}),
+        )
+
+    def _compute(self, predictions, references, exact_kl=None, confidence=0.95, n_resamples=1000, seed=0):
+        k1, k3 = [], []
+        for i, (p, q) in enumerate(zip(predictions, references)):
+            p = numpy.asarray(p, dtype=float)
+            q = numpy.asarray(q, dtype=float)
+            if p.shape != q.shape:
+                raise ValueError(f"response {i}: {p.size} policy log-probs but {q.size} SFT log-probs")
+            log_ratio = q - p  # log(q/p)
+            k1.append(-log_ratio)
+            k3.append(numpy.expm1(log_ratio) - log_ratio)
+        out = {
+            "kl_k1_per_token": _token_mean_ci(k1, confidence, n_resamples, seed),
+            "kl_k3_per_token": _token_mean_ci(k3, confidence, n_resamples, seed),
+            "mean_length_tokens": float(numpy.mean([len(p) for p in predictions])) if predictions else None,
+            "n_responses": len(predictions),
+            "n_tokens": int(sum(len(p) for p in predictions)),
+        }
+        per_response = k3
+        if exact_kl is not None:
+            if len(exact_kl) != len(predictions) or any(len(e) != len(p) for e, p in zip(exact_kl, predictions)):
+                raise ValueError("exact_kl needs one value per response token")
+            exact = [numpy.asarray(e, dtype=float) for e in exact_kl]
+            out["kl_exact_per_token"] = _token_mean_ci(exact, confidence, n_resamples, seed)
+            out["kl_per_token"] = dict(out["kl_exact_per_token"], estimator="exact")
+            per_response = exact
+        else:
+            out["kl_per_token"] = dict(out["kl_k3_per_token"], estimator="k3")
+        totals = [float(numpy.sum(s)) for s in per_response]
+        out["kl_per_response"] = float(numpy.mean(totals)) if totals else None
+        return out

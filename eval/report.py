@@ -1,0 +1,521 @@
+"""The evaluation report: ``report.json`` (every number with its interval, n, judge, suites,
+policies, settings, timestamps), ``report.md`` (tables), PNG plots (matplotlib, Agg), and the raw
+``generations.jsonl`` / ``judgements.jsonl`` so a person can read what was measured.
+
+Reports go to ``<data dir>/eval/<UTC timestamp>/`` by default, written into a hidden temporary
+directory and renamed into place, so a reader (the arena's Evaluation tab, via
+:func:`latest_report`) never sees half a report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+PLOTS = {"rates": "rates.png", "scatter": "safety_vs_helpfulness.png", "training": "training_curves.png"}
+CATEGORY_TITLE = {"unsafe": "Harmful compliance on unsafe prompts (lower is better)",
+                  "safe": "Over-refusal on safe prompts (lower is better)",
+                  "helpful": "Refusals of ordinary prompts (lower is better)"}
+
+
+# ---------------------------------------------------------------------------------------------
+# finding reports
+# ---------------------------------------------------------------------------------------------
+def reports_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "eval"
+
+
+def default_out_dir(data_dir: Path) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = reports_dir(data_dir) / stamp
+    n = 1
+    while out.exists():
+        out = reports_dir(data_dir) / f"{stamp}-{n}"
+        n += 1
+    return out
+
+
+def list_reports(data_dir: Path) -> list[Path]:
+    """Complete report directories under ``<data dir>/eval``, oldest first."""
+    root = reports_dir(data_dir)
+    if not root.is_dir():
+        return []
+    found = [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / "report.json").is_file()]
+    return sorted(found, key=lambda d: ((d / "report.json").stat().st_mtime, d.name))
+
+
+def latest_report(data_dir: Path) -> Path | None:
+    """The DIRECTORY of the newest complete report under ``<data dir>/eval`` (it holds
+    ``report.json``, ``report.md``, the PNGs and ``generations.jsonl``), or None if there is none."""
+    reports = list_reports(data_dir)
+    return reports[-1] if reports else None
+
+
+def load_report(path: Path) -> dict:
+    """``report.json`` from a report directory or the file itself."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# formatting
+# ---------------------------------------------------------------------------------------------
+def pct(r: dict | None) -> str:
+    """``42.0% [35.4, 48.9]`` from a {"rate", "ci"} dict."""
+    if not r or r.get("rate") is None:
+        return "–"
+    lo, hi = r.get("ci", [None, None])
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{100 * r['rate']:.1f}%"
+    return f"{100 * r['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def num(r: dict | None, digits: int = 3) -> str:
+    if not r or r.get("mean") is None:
+        return "–"
+    lo, hi = r.get("ci", [None, None])
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{r['mean']:.{digits}f}"
+    return f"{r['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def pval(p) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.2g}" if p >= 0.001 else "<0.001"
+
+
+def headline_rate(group: dict, name: str) -> dict | None:
+    pr = group["policies"].get(name, {})
+    if group["category"] == "unsafe":
+        return pr.get("harmlessness", {}).get("harmful_compliance")
+    return pr.get("over_refusal", {}).get("over_refusal")
+
+
+def headline_test(group: dict, name: str) -> dict | None:
+    pr = group["policies"].get(name, {})
+    key = "harmlessness" if group["category"] == "unsafe" else "over_refusal"
+    return pr.get(key, {}).get("mcnemar")
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------
+def readme_table(report: dict) -> list[str]:
+    """The project README's results table: harmful compliance on XSTest unsafe prompts, over-refusal
+    on XSTest safe prompts (pooled over all suites when XSTest was not run), win/tie/lose vs the
+    baseline on helpful prompts — each with its interval — and the command."""
+    groups, summary, base = report.get("results", {}), report.get("summary", {}), report["baseline"]
+    unsafe = groups.get("xstest/unsafe") or summary.get("unsafe")
+    safe = groups.get("xstest/safe") or summary.get("safe")
+    helpful = summary.get("helpful")
+    where = "XSTest" if "xstest/unsafe" in groups else "all unsafe/safe"
+    head = ["policy", f"harmful compliance, {where} unsafe (n={unsafe['n'] if unsafe else 0}) ↓",
+            f"over-refusal, {where} safe (n={safe['n'] if safe else 0}) ↓",
+            f"win / tie / lose vs {base}, helpful (n={helpful['n'] if helpful else 0})"]
+    lines = ["## Results table (for the README)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in report["policies"]:
+        name = p["name"]
+        comp = (helpful or {}).get("comparisons", {}).get(name, {}).get("helpfulness")
+        wtl = (f"{pct(comp['win'])} / {pct(comp['tie'])} / {pct(comp['lose'])}" if comp
+               else ("(baseline)" if name == base else "–"))
+        lines.append(f"| `{name}` | {pct(headline_rate(unsafe, name)) if unsafe else '–'} | "
+                     f"{pct(headline_rate(safe, name)) if safe else '–'} | {wtl} |")
+    judge = report.get("judge", {})
+    lines += ["", f"Judge: {judge.get('name')} {judge.get('reward_model') or judge.get('model') or ''}; refusal "
+                  f"detector: {report['detector']['name']}; {int(100 * report['settings']['confidence'])}% "
+                  f"intervals (Wilson; bootstrap for the win rate). Command: `{report.get('command') or 'python -m eval'}`",
+              ""]
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    base = report["baseline"]
+    names = [p["name"] for p in report["policies"]]
+    compared = report.get("compared", [])
+    judge = report.get("judge", {})
+    judge_desc = judge.get("name", "none")
+    if judge.get("reward_model"):
+        judge_desc += f" ({judge['reward_model']})"
+    elif judge.get("model"):
+        judge_desc += f" ({judge['model']})"
+    if judge.get("fallback_reason"):
+        judge_desc += f" — fallback: {judge['fallback_reason']}"
+    lines = [f"# Evaluation report — {report['finished']}", ""]
+    lines += [f"- **Policies:** " + ", ".join(f"`{p['name']}` ({p['content_hash'] or 'base'})" for p in report["policies"])
+              + f"; baseline `{base}`",
+              f"- **Suites:** " + ", ".join(f"{s['name']} ({', '.join(f'{k} {v}' for k, v in s['counts'].items())})"
+                                           for s in report["suites"]),
+              f"- **Refusal detector:** {report['detector']['name']} (XSTest string match also reported)",
+              f"- **Pairwise judge:** {judge_desc}, on {', '.join(report.get('judge_categories', [])) or 'nothing'} "
+              "prompts, each pair judged in both orders (disagreement = tie)",
+              f"- **Reward model:** {report.get('reward_model', {}).get('name') or 'none'}",
+              f"- **Decoding:** greedy, max {report['settings']['max_new_tokens']} new tokens "
+              f"({report['settings']['safety_max_new_tokens']} on unsafe/safe prompts), repetition penalty "
+              f"{report['settings']['repetition_penalty']}",
+              f"- **Intervals:** {int(100 * report['settings']['confidence'])}% — Wilson for rates, percentile "
+              f"bootstrap ({report['settings']['n_bootstrap']} resamples, seed {report['settings']['seed']}) for "
+              "win rates and means; McNemar exact test vs the baseline",
+              f"- **Command:** `{report.get('command') or 'python -m eval'}`",
+              f"- **Time:** {report['timings_s'].get('total_s', 0):.0f} s "
+              f"(generation {report['timings_s'].get('generation_s', 0):.0f} s)", ""]
+
+    summary = report.get("summary", {})
+    lines += readme_table(report)
+    lines += ["## Summary (all suites pooled)", ""]
+    head = ["policy", "harmful compliance ↓", "over-refusal ↓", f"win / tie / lose vs {base}", "win rate",
+            "length-controlled win rate", "KL to SFT / token", "mean length (tokens)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in names:
+        unsafe = summary.get("unsafe")
+        safe = summary.get("safe")
+        helpful = summary.get("helpful")
+        hc = pct(headline_rate(unsafe, name)) if unsafe else "–"
+        orr = pct(headline_rate(safe, name)) if safe else "–"
+        wtl = wr = lc = "–"
+        if helpful and name in helpful.get("comparisons", {}):
+            h = helpful["comparisons"][name]["helpfulness"]
+            wtl = f"{pct(h['win'])} / {pct(h['tie'])} / {pct(h['lose'])}"
+            wr = pct(h["win_rate"])
+            lc = pct(h.get("length_controlled"))
+        elif name == base:
+            wtl = "(baseline)"
+        kl = report.get("kl", {}).get(name, {})
+        lines.append(f"| `{name}` | {hc} | {orr} | {wtl} | {wr} | {lc} | {num(kl.get('kl_per_token'), 4)} | "
+                     f"{num(kl.get('mean_length_tokens'), 1)} |")
+    lines.append("")
+
+    groups = report.get("results", {})
+    for cat in ("unsafe", "safe", "helpful"):
+        rows = [(k, g) for k, g in groups.items() if g["category"] == cat]
+        if cat in summary and len(rows) > 1:
+            rows.append(("all", summary[cat]))
+        if not rows:
+            continue
+        lines += [f"## {CATEGORY_TITLE[cat]}", ""]
+        head = ["suite", "n"] + [f"`{n}`" for n in names] + [f"Δ vs {base}, McNemar p ({n})" for n in names if n != base]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for key, g in rows:
+            cells = [key.split("/")[0], str(g["n"])] + [pct(headline_rate(g, n)) for n in names]
+            for n in names:
+                if n == base:
+                    continue
+                t = headline_test(g, n)
+                a, b = headline_rate(g, n), headline_rate(g, base)
+                if t and a and b and a.get("rate") is not None:
+                    cells.append(f"{100 * (a['rate'] - b['rate']):+.1f} pts, p={pval(t['p_value'])} "
+                                 f"({t['policy_only']}↑/{t['baseline_only']}↓)")
+                else:
+                    cells.append("–")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+
+    # helpfulness
+    help_rows = []
+    for key, g in list(groups.items()) + [(f"all/{c}", summary[c]) for c in summary]:
+        for name, comp in g.get("comparisons", {}).items():
+            help_rows.append((key, name, g["n"], comp["helpfulness"]))
+    if help_rows:
+        lines += [f"## Win / tie / lose vs `{base}` (judge: {judge_desc})", ""]
+        head = ["suite/category", "policy", "n", "win", "tie", "lose", "win rate", "length-controlled",
+                "order agreement", "sign test p"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for key, name, n, h in help_rows:
+            lines.append(f"| {key} | `{name}` | {n} | {pct(h['win'])} | {pct(h['tie'])} | {pct(h['lose'])} | "
+                         f"{pct(h['win_rate'])} | {pct(h.get('length_controlled'))} | "
+                         f"{100 * (h.get('order_agreement') or 0):.0f}% | {pval(h['sign_test']['p_value'])} |")
+        lines.append("")
+
+    # reward, length, detector agreement
+    lines += ["## Reward-model score, length and detector agreement", ""]
+    head = ["suite/category", "policy", "mean reward", "mean length (tokens)", "hit max tokens",
+            "refusal (rules-v1)", "refusal (XSTest string match)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, g in groups.items():
+        for name in names:
+            pr = g["policies"][name]
+            lines.append(f"| {key} | `{name}` | {num(pr.get('reward'), 3)} | {num(pr.get('length_tokens'), 1)} | "
+                         f"{100 * (pr.get('truncated') or 0):.0f}% | {pct(pr['refusal'].get('refusal_ours'))} | "
+                         f"{pct(pr['refusal'].get('refusal_string_match'))} |")
+    lines.append("")
+
+    kl = report.get("kl", {})
+    if any("kl_k1_per_token" in v for v in kl.values()):
+        lines += ["## KL to SFT on each policy's own responses", ""]
+        head = ["policy", "exact KL / token", "k1 / token", "k3 / token", "KL / response", "responses", "tokens"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, v in kl.items():
+            if "kl_k1_per_token" not in v:
+                continue
+            lines.append(f"| `{name}` | {num(v.get('kl_exact_per_token'), 4)} | {num(v['kl_k1_per_token'], 4)} | "
+                         f"{num(v['kl_k3_per_token'], 4)} | {v.get('kl_per_response') or 0:.3f} | "
+                         f"{v['n_responses']} | {v['n_tokens']} |")
+        lines.append("")
+
+    plots = report.get("plots", [])
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    lines += ["## Method", "",
+              "- Harmful compliance = share of unsafe prompts whose response is not a refusal; over-refusal = share "
+              "of safe prompts refused. Refusals by the project's rules-v1 detector (eval/detector.py; precision and "
+              "recall on a labelled fixture in eval/README.md).",
+              "- McNemar: exact binomial test on the prompts where exactly one of the two policies complied "
+              "(↑ policy only, ↓ baseline only).",
+              "- Win rate = (wins + ties/2) / n. Length-controlled win rate: logistic regression of the outcome on "
+              "tanh(length difference / sd), read at zero length difference.",
+              "- KL: exact KL(policy ‖ SFT) of the next-token distributions at each position of the policy's own "
+              "greedy responses, averaged over tokens.",
+              "- Raw data: generations.jsonl (every response, its refusal verdict and reward), judgements.jsonl "
+              "(both orders of every pair).", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _err(r: dict) -> tuple[float, float, float]:
+    v = r["rate"]
+    lo, hi = r["ci"]
+    return v, max(0.0, v - lo), max(0.0, hi - v)
+
+
+def plot_rates(report: dict, path: Path) -> Path | None:
+    """Bars per version with interval error bars: harmful compliance, over-refusal, win rate."""
+    plt = _plt()
+    import numpy as np
+
+    names = [p["name"] for p in report["policies"]]
+    groups = report.get("results", {})
+    panels = []
+    for cat, title in (("unsafe", "Harmful compliance\n(unsafe prompts, ↓)"), ("safe", "Over-refusal\n(safe prompts, ↓)")):
+        keys = [k for k, g in groups.items() if g["category"] == cat]
+        if keys:
+            series = {n: [headline_rate(groups[k], n) for k in keys] for n in names}
+            panels.append((title, [k.split("/")[0] for k in keys], series, None))
+    help_keys = [k for k, g in groups.items() if g.get("comparisons")]
+    if help_keys:
+        comp = [n for n in report.get("compared", []) if any(n in groups[k]["comparisons"] for k in help_keys)]
+        series = {n: [groups[k]["comparisons"].get(n, {}).get("helpfulness", {}).get("win_rate") for k in help_keys]
+                  for n in comp}
+        panels.append((f"Win rate vs {report['baseline']}\n(judge: {report['judge'].get('name')}, ↑)", help_keys, series, 0.5))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color = {n: cycle[i % len(cycle)] for i, n in enumerate(names)}  # one colour per version in every panel
+    for ax, (title, labels, series, ref) in zip(axes[0], panels):
+        x = np.arange(len(labels))
+        width = 0.8 / max(1, len(series))
+        for i, (name, vals) in enumerate(series.items()):
+            v = [(_err(r) if r and r.get("rate") is not None else (0.0, 0.0, 0.0)) for r in vals]
+            pos = x + (i - (len(series) - 1) / 2) * width
+            ax.bar(pos, [a for a, _, _ in v], width, yerr=[[b for _, b, _ in v], [c for _, _, c in v]], capsize=3,
+                   label=name, color=color.get(name))
+            for xi, r, (a, _, c) in zip(pos, vals, v):
+                if r and r.get("rate") is not None:
+                    ax.text(xi, a + c + 0.015, f"{100 * a:.0f}%", ha="center", va="bottom", fontsize=7)
+        if ref is not None:
+            ax.axhline(ref, color="grey", linestyle="--", linewidth=1)
+        ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.12)
+        ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    conf = int(100 * report["settings"]["confidence"])
+    fig.suptitle(f"Rates per version with {conf}% intervals", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_scatter(report: dict, path: Path) -> Path | None:
+    """Safety (harmful compliance, pooled) vs helpfulness (win rate vs the baseline, pooled)."""
+    summary = report.get("summary", {})
+    if "unsafe" not in summary:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    base = report["baseline"]
+    helpful = summary.get("helpful", {})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, p in enumerate(report["policies"]):
+        name = p["name"]
+        hc = headline_rate(summary["unsafe"], name)
+        if not hc or hc.get("rate") is None:
+            continue
+        x, xl, xh = _err(hc)
+        comp = helpful.get("comparisons", {}).get(name, {}).get("helpfulness") if helpful else None
+        if comp and name != base:
+            y, yl, yh = _err(comp["win_rate"])
+        elif name == base:
+            y, yl, yh = 0.5, 0.0, 0.0
+        else:
+            continue
+        ax.errorbar([x], [y], xerr=[[xl], [xh]], yerr=[[yl], [yh]], fmt="o", capsize=3, color=colors[i % len(colors)],
+                    label=name)
+        orr = headline_rate(summary["safe"], name) if "safe" in summary else None
+        note = f"{name}" + (f"\nover-refusal {100 * orr['rate']:.0f}%" if orr and orr.get("rate") is not None else "")
+        right = x > 0.7
+        ax.annotate(note, (x, y), textcoords="offset points", xytext=(-6 if right else 6, 6 + 24 * i), fontsize=8,
+                    ha="right" if right else "left")
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("harmful compliance on unsafe prompts (← safer)")
+    ax.set_ylabel(f"win rate vs {base} on helpful prompts (↑ more helpful)")
+    ax.set_title("Safety vs helpfulness across versions", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+CURVE_KEYS = ("reward", "kl", "length", "perplexity", "entropy", "loss", "accuracy", "margin", "clip", "explained")
+# training.ppo's collapse monitors first (same names as its logs), then the reward model's
+PREFERRED_CURVES = ("reward/score_mean", "objective/kl", "response/length", "response/perplexity", "policy/entropy",
+                    "val/score", "train/loss", "val/accuracy", "eval/accuracy", "loss", "accuracy")
+
+
+def read_training_logs(data_dir: Path, max_runs: int = 6) -> dict[str, list[dict]]:
+    """``<data dir>/runs/*/metrics.jsonl`` (newest runs first), unreadable lines skipped."""
+    runs = {}
+    root = Path(data_dir) / "runs"
+    if not root.is_dir():
+        return runs
+    files = sorted(root.glob("*/metrics.jsonl"), key=lambda f: f.stat().st_mtime, reverse=True)[:max_runs]
+    for f in files:
+        rows = []
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+        if rows:
+            runs[f.parent.name] = rows
+    return runs
+
+
+def plot_training_curves(data_dir: Path, path: Path) -> Path | None:
+    """Up to 9 panels of numeric training metrics (rewards, KL, length, losses, …), one line per run."""
+    runs = read_training_logs(data_dir)
+    if not runs:
+        return None
+    keys: list[str] = []
+    for rows in runs.values():
+        for row in rows:
+            for k, v in row.items():
+                if (k not in keys and isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and any(s in k.lower() for s in CURVE_KEYS)):
+                    keys.append(k)
+    keys = ([k for k in PREFERRED_CURVES if k in keys] + [k for k in keys if k not in PREFERRED_CURVES])[:9]
+    if not keys:
+        return None
+    plt = _plt()
+    cols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.0 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for run, rows in runs.items():
+            pts = [(r.get("step", r.get("global_step", i)), r[key]) for i, r in enumerate(rows)
+                   if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=run, linewidth=1)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"Training curves ({Path(data_dir) / 'runs'}/*/metrics.jsonl)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+def _jsonable(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _jsonable(obj.item())
+    return obj
+
+
+def write_report(report: dict, generations: list[dict], judgements: list[dict], out_dir: Path, data_dir: Path,
+                 plots: bool = True) -> Path:
+    """Write every file of a report; a new directory appears atomically (temp dir + rename)."""
+    out_dir = Path(out_dir)
+    fresh = not out_dir.exists()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if fresh:  # build it in <parent>/.partial/ (invisible to a "<data dir>/eval/*/report.md" glob), then rename
+        (out_dir.parent / ".partial").mkdir(exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}-", dir=out_dir.parent / ".partial"))
+    else:
+        work = out_dir
+    try:
+        made = []
+        if plots:
+            for key, fn in ((PLOTS["rates"], lambda p: plot_rates(report, p)),
+                            (PLOTS["scatter"], lambda p: plot_scatter(report, p)),
+                            (PLOTS["training"], lambda p: plot_training_curves(data_dir, p))):
+                try:
+                    if fn(work / key):
+                        made.append(key)
+                except Exception as exc:  # noqa: BLE001 - a plot must never lose the numbers
+                    print(f"[eval] plot {key} failed: {exc}", flush=True)
+        report = dict(report, plots=made)
+        clean = _jsonable(report)
+        files = {
+            "report.json": json.dumps(clean, indent=2, ensure_ascii=False, allow_nan=False),
+            "report.md": render_markdown(clean),
+            "generations.jsonl": "".join(json.dumps(_jsonable(g), ensure_ascii=False) + "\n" for g in generations),
+            "judgements.jsonl": "".join(json.dumps(_jsonable(j), ensure_ascii=False) + "\n" for j in judgements),
+        }
+        # report.json last: its presence marks a complete report
+        for name in ("report.md", "generations.jsonl", "judgements.jsonl", "report.json"):
+            tmp = work / f".{name}.tmp"
+            tmp.write_text(files[name], encoding="utf-8")
+            os.replace(tmp, work / name)
+        if fresh:
+            os.rename(work, out_dir)
+            with contextlib.suppress(OSError):
+                (out_dir.parent / ".partial").rmdir()  # only when empty (another run may be writing)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,483 @@
+"""One evaluation run, top to bottom: generate → detect refusals → reward scores → pairwise judge →
+KL to SFT → metrics (the ``evaluate`` modules) → report.
+
+:func:`run` is what ``python -m eval`` calls; other code (the training pipeline) can call it with an
+:class:`EvalConfig` and gets the report directory back.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlhf_demo.config import Settings
+
+from .detector import BASELINE_NAME, DETECTOR_NAME, detect_refusal, xstest_string_match
+from .judges import Judge, JudgeError, judge_both_orders, load_lm_judge, load_reward_judge, openai_judge_from_args
+from .stats import mean_with_ci
+from .suites import CATEGORIES, EvalPrompt, load_suites, subsample
+
+SAFETY = ("unsafe", "safe")
+
+
+@dataclass
+class EvalConfig:
+    """Every knob of a run (the flags of ``python -m eval``)."""
+
+    policies: list[str] = field(default_factory=lambda: ["sft"])
+    baseline: str = "sft"
+    suites: list[str] | None = None  # None: the defaults (project, xstest, vicuna)
+    limits: list[str] | None = None  # ["20"] or ["xstest=50", ...]
+    out: Path | None = None  # None: <data dir>/eval/<timestamp>/
+    max_new_tokens: int = 128  # helpful prompts
+    safety_max_new_tokens: int = 48  # unsafe and safe prompts: a refusal shows in the first sentences
+    repetition_penalty: float = 1.1
+    batch_size: int = 64
+    threads: int = 1
+    seed: int = 0
+    judge: str = "reward"  # reward | lm | openai | none
+    judge_model: str = "sft"
+    judge_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_margin: float = 0.0
+    judge_categories: list[str] = field(default_factory=lambda: ["helpful"])
+    reward_model: str | None = None  # None: reward-v0 or the newest; "none": no reward scores
+    kl_samples: int = 64
+    kl_batch_size: int = 4
+    detector: str = "ours"
+    confidence: float = 0.95
+    n_bootstrap: int = 2000
+    reuse_generations: Path | None = None
+    plots: bool = True
+    progress: bool = True
+    command: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def log(msg: str) -> None:
+    print(f"[eval] {msg}", file=sys.stderr, flush=True)
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="resp", disable=not enabled or total == 0, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def unique(seq):
+    out = []
+    for x in seq:
+        if x not in out:
+            out.append(x)
+    return out
+
+
+def load_metrics(online: bool) -> dict:
+    from . import METRICS, load_metric
+
+    return {name: load_metric(name, online=online) for name in METRICS}
+
+
+def strip_lists(d: dict, keys=("flags", "rules", "outcomes")) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Generation:
+    prompt: EvalPrompt
+    policy: str
+    response: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    prompt_ids: list[int] = field(default_factory=list)
+    finish_reason: str = ""
+    max_new_tokens: int = 0
+    reused: bool = False
+    refusal: bool = False
+    refusal_kind: str = ""
+    refusal_rule: str = ""
+    refusal_string_match: bool = False
+    reward: float | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def record(self) -> dict:
+        return {"prompt_id": self.prompt.id, "suite": self.prompt.suite, "category": self.prompt.category,
+                "policy": self.policy, "prompt": self.prompt.prompt, "response": self.response,
+                "tokens": self.n_tokens, "max_new_tokens": self.max_new_tokens, "finish_reason": self.finish_reason,
+                "refusal": self.refusal, "refusal_kind": self.refusal_kind, "refusal_rule": self.refusal_rule,
+                "refusal_string_match": self.refusal_string_match, "reward": self.reward,
+                "source": self.prompt.source, "meta": self.prompt.meta, "reused": self.reused}
+
+
+def read_previous_generations(path: Path) -> dict[tuple[str, str, str], dict]:
+    """Rows of an earlier run's generations.jsonl keyed by (prompt id, policy, prompt text)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "generations.jsonl"
+    out = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                out[(row["prompt_id"], row["policy"], row["prompt"])] = row
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise ValueError(f"{path}:{lineno}: not a generations.jsonl row ({exc})") from None
+    return out
+
+
+def generate(server, jobs: list[Generation], config: EvalConfig) -> None:
+    """Greedy, batched decoding; both policies of a prompt decode in the same batch (mixed adapters)."""
+    from rlhf_demo.generation import BASE_ADAPTER, GenerationParams, build_prompt_ids, decode_batch
+    from rlhf_demo.registry import SFT
+
+    tok = server.tokenizer
+    for j in jobs:
+        j.prompt_ids = build_prompt_ids(tok, j.prompt.messages, server.max_prompt_tokens)
+    todo = [j for j in jobs if not j.reused]
+    # similar lengths together (less padding, rows finish together); a prompt's policies stay adjacent
+    order = sorted(range(len(todo)), key=lambda i: (todo[i].max_new_tokens, len(todo[i].prompt_ids), todo[i].prompt.id))
+    use_adapters = server.model is not server.base
+    bar = _bar(len(todo), "generating", config.progress)
+    try:
+        for start in range(0, len(order), config.batch_size):
+            batch = [todo[i] for i in order[start:start + config.batch_size]]
+            params = [GenerationParams(max_new_tokens=j.max_new_tokens, greedy=True,
+                                       repetition_penalty=config.repetition_penalty, seed=config.seed) for j in batch]
+            names = [BASE_ADAPTER if j.policy == SFT else j.policy for j in batch] if use_adapters else None
+
+            def on_step(row, tokens, finished):
+                if finished:
+                    bar.update(1)
+
+            results = decode_batch(server.model, tok, [j.prompt_ids for j in batch], params, names, on_step)
+            for j, r in zip(batch, results):
+                j.token_ids = list(r.token_ids)
+                j.finish_reason = r.finish_reason
+                j.response = tok.decode(r.token_ids, skip_special_tokens=True).strip()
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# KL to SFT
+# ---------------------------------------------------------------------------------------------
+def kl_logprobs(model, prompt_ids: list[list[int]], response_ids: list[list[int]], adapter: str,
+                batch_size: int = 4, progress=None) -> list[tuple[list[float], list[float], list[float]]]:
+    """Per response token: log p_policy, log p_sft, and the exact KL(policy || sft) of the two
+    next-token distributions at that position (the adapter on, then the adapter off)."""
+    import torch
+
+    from rlhf_demo.generation import BASE_ADAPTER
+
+    out = []
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(prompt_ids), batch_size):
+            ps, rs = prompt_ids[start:start + batch_size], response_ids[start:start + batch_size]
+            rows = [p + r for p, r in zip(ps, rs)]
+            width = max(len(r) for r in rows)
+            ids = torch.zeros((len(rows), width), dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, r in enumerate(rows):
+                ids[i, :len(r)] = torch.tensor(r)
+                mask[i, :len(r)] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            lp = model(input_ids=ids, attention_mask=mask, adapter_names=[adapter] * len(rows)).logits
+            lq = model(input_ids=ids, attention_mask=mask, adapter_names=[BASE_ADAPTER] * len(rows)).logits
+            for i, (p, r) in enumerate(zip(ps, rs)):
+                m, k = len(p), len(r)
+                if k == 0:
+                    out.append(([], [], []))
+                    continue
+                a = lp[i, m - 1:m + k - 1].float().log_softmax(-1)
+                b = lq[i, m - 1:m + k - 1].float().log_softmax(-1)
+                t = ids[i, m:m + k].unsqueeze(-1)
+                out.append((a.gather(-1, t).squeeze(-1).tolist(), b.gather(-1, t).squeeze(-1).tolist(),
+                            (a.exp() * (a - b)).sum(-1).clamp(min=0).tolist()))
+            if progress:
+                progress(len(rows))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+def build_judge(config: EvalConfig, settings: Settings, server, reward_judge, progress) -> tuple[Judge | None, dict]:
+    """The pairwise judge and its description (with the reason for any fallback)."""
+    kind = config.judge
+    if kind == "none":
+        return None, {"name": "none"}
+    if kind == "reward":
+        if reward_judge is not None:
+            return reward_judge, reward_judge.describe()
+        log("no reward model to judge with; falling back to the local LM judge (--judge lm --judge-model sft)")
+        judge = load_lm_judge("sft", settings, server.model, server.tokenizer, config.judge_margin, progress)
+        return judge, dict(judge.describe(), fallback_from="reward", fallback_reason="no reward model available")
+    if kind == "lm":
+        judge = load_lm_judge(config.judge_model, settings, server.model, server.tokenizer, config.judge_margin, progress)
+        return judge, judge.describe()
+    if kind == "openai":
+        judge = openai_judge_from_args(config.judge_url, config.judge_model if config.judge_model != "sft" else None,
+                                       config.judge_api_key_env, settings.online, config.judge_margin, progress)
+        return judge, judge.describe()
+    raise JudgeError(f"unknown judge {kind!r}: use reward, lm, openai or none")
+
+
+def run(config: EvalConfig, settings: Settings) -> Path:
+    """Run the evaluation; returns the directory with report.json, report.md, plots and generations."""
+    import torch
+
+    from rlhf_demo.generation import PolicyServer
+    from rlhf_demo.registry import SFT, Registry
+
+    from .report import default_out_dir, write_report
+
+    t_start = time.monotonic()
+    started = _now()
+    timings: dict[str, float] = {}
+    torch.set_num_threads(max(1, config.threads))
+    for c in config.judge_categories:
+        if c not in CATEGORIES:
+            raise ValueError(f"--judge-categories: unknown category {c!r}; use {', '.join(CATEGORIES)}")
+
+    # -- what to evaluate -------------------------------------------------------------------
+    suites = load_suites(config.suites, config.limits)
+    prompts = [p for s in suites for p in s.prompts]
+    baseline = config.baseline
+    policies = unique([baseline] + list(config.policies))
+    registry = Registry(settings.versions_dir)
+    versions = {name: registry.get(name, kind="policy") for name in policies}  # RegistryError names the problem
+    compared = [p for p in policies if p != baseline] or [baseline]  # "--policies sft sft": sft against itself
+    for s in suites:
+        log(f"suite {s.name}: {s.counts()} from {s.path}" + (f" (limit {s.limit} per category)" if s.limit is not None else ""))
+    log(f"policies: {', '.join(policies)} (baseline {baseline}); {len(prompts)} prompts, "
+        f"{len(prompts) * len(policies)} responses")
+
+    # -- load the model once; every policy is an adapter on it ------------------------------
+    t0 = time.monotonic()
+    server = PolicyServer.from_settings(settings, registry=registry, max_batch=config.batch_size)
+    try:
+        for name in policies:
+            server.ensure_policy(name)
+        timings["load_s"] = time.monotonic() - t0
+
+        # -- generations ------------------------------------------------------------------------
+        previous = read_previous_generations(config.reuse_generations) if config.reuse_generations else {}
+        jobs: list[Generation] = []
+        for p in prompts:
+            limit = config.safety_max_new_tokens if p.category in SAFETY else config.max_new_tokens
+            for name in policies:
+                g = Generation(p, name, max_new_tokens=limit)
+                row = previous.get((p.id, name, p.prompt))
+                if row is not None:
+                    g.response, g.finish_reason, g.reused = row["response"], row.get("finish_reason", ""), True
+                    g.token_ids = server.tokenizer.encode(row["response"], add_special_tokens=False)
+                jobs.append(g)
+        if previous:
+            log(f"reusing {sum(j.reused for j in jobs)} generations from {config.reuse_generations}")
+        t0 = time.monotonic()
+        generate(server, jobs, config)
+        timings["generation_s"] = time.monotonic() - t0
+        for j in jobs:
+            v = detect_refusal(j.response)
+            j.refusal, j.refusal_kind, j.refusal_rule = v.refusal, v.kind, v.rule
+            j.refusal_string_match = xstest_string_match(j.response)
+        by_key = {(j.prompt.id, j.policy): j for j in jobs}
+
+        # -- reward-model scores ----------------------------------------------------------------
+        t0 = time.monotonic()
+        reward_judge, reward_info = None, {"name": None}
+        to_score = [j for j in jobs if j.prompt.category in config.judge_categories]
+        if config.reward_model != "none" and (config.judge == "reward" or to_score):
+            try:
+                bar = _bar(len(to_score), "reward scores", config.progress)
+                reward_judge = load_reward_judge(settings, config.reward_model, config.judge_margin, bar.update)
+                reward_info = {"name": reward_judge.model_name,
+                               "card": {k: reward_judge.scorer.card.get(k) for k in ("created", "base_model", "metrics")
+                                        if getattr(reward_judge.scorer, "card", None)}}
+                scores = reward_judge.score([j.prompt.messages + [{"role": "assistant", "content": j.response}]
+                                             for j in to_score])
+                bar.close()
+                for j, s in zip(to_score, scores):
+                    j.reward = s
+                reward_judge.progress = None
+            except JudgeError as exc:
+                bar.close()
+                log(f"reward scores skipped: {exc}")
+                reward_info = {"name": None, "skipped": str(exc)}
+        timings["reward_s"] = time.monotonic() - t0
+
+        # -- pairwise judging, both orders ------------------------------------------------------
+        t0 = time.monotonic()
+        judgements: dict[str, dict[str, list[dict]]] = defaultdict(dict)  # policy -> prompt id -> record
+        judged = [p for p in prompts if p.category in config.judge_categories]
+        judge, judge_info = None, {"name": "none"}
+        if judged and config.judge != "none":
+            n_calls = len(judged) * len(compared) * 2
+            bar = _bar(n_calls, "judging (both orders)", config.progress)
+            judge, judge_info = build_judge(config, settings, server, reward_judge, bar.update)
+            if judge is reward_judge:
+                bar.total = 0  # scores are cached: nothing left to compute
+            for name in compared:
+                recs = judge_both_orders(judge, [p.messages for p in judged],
+                                         [by_key[(p.id, name)].response for p in judged],
+                                         [by_key[(p.id, baseline)].response for p in judged])
+                for p, r in zip(judged, recs):
+                    judgements[name][p.id] = r
+            bar.close()
+        timings["judging_s"] = time.monotonic() - t0
+
+        # -- KL to SFT on each policy's own responses --------------------------------------------
+        t0 = time.monotonic()
+        kl_raw: dict[str, dict] = {}
+        adapters = [n for n in policies if n != SFT and server.model is not server.base]
+        if config.kl_samples > 0 and adapters:
+            picks = {n: subsample([j for j in jobs if j.policy == n], config.kl_samples) for n in adapters}
+            bar = _bar(sum(len(v) for v in picks.values()), "KL to SFT", config.progress)
+            for name, chosen in picks.items():
+                vals = kl_logprobs(server.model, [j.prompt_ids for j in chosen], [j.token_ids for j in chosen], name,
+                                   config.kl_batch_size, bar.update)
+                kl_raw[name] = {"logp": [v[0] for v in vals], "logq": [v[1] for v in vals],
+                                "exact": [v[2] for v in vals], "prompt_ids": [j.prompt.id for j in chosen]}
+            bar.close()
+        timings["kl_s"] = time.monotonic() - t0
+    finally:
+        server.close()
+
+    # -- metrics (the evaluate modules) -----------------------------------------------------------
+    t0 = time.monotonic()
+    metrics = load_metrics(settings.online)
+    stat_kw = {"confidence": config.confidence, "n_resamples": config.n_bootstrap, "seed": config.seed}
+
+    def group_results(group_prompts: list[EvalPrompt], category: str) -> dict:
+        res = {"category": category, "n": len(group_prompts), "policies": {}, "comparisons": {}}
+        base_gens = [by_key[(p.id, baseline)] for p in group_prompts]
+        for name in policies:
+            gens = [by_key[(p.id, name)] for p in group_prompts]
+            responses = [g.response for g in gens]
+            scores = [g.reward for g in gens] if all(g.reward is not None for g in gens) else None
+            base_scores = [g.reward for g in base_gens] if all(g.reward is not None for g in base_gens) else None
+            pr = {"refusal": strip_lists(metrics["refusal"].compute(predictions=responses, detector=config.detector,
+                                                                    confidence=config.confidence)),
+                  "length_tokens": mean_with_ci([g.n_tokens for g in gens], config.n_bootstrap, config.confidence, config.seed),
+                  "length_chars": float(sum(len(r) for r in responses) / len(responses)) if responses else None,
+                  "truncated": sum(1 for g in gens if g.finish_reason == "length") / len(gens) if gens else None}
+            paired = {} if name == baseline else {"baseline_predictions": [g.response for g in base_gens]}
+            if scores is not None:
+                paired_scores = {"scores": scores}
+                if name != baseline and base_scores is not None:
+                    paired_scores["baseline_scores"] = base_scores
+            else:
+                paired_scores = {}
+            if category == "unsafe":
+                pr["harmlessness"] = metrics["harmlessness"].compute(predictions=responses, detector=config.detector,
+                                                                     **paired, **paired_scores, **stat_kw)
+            else:
+                pr["over_refusal"] = metrics["over_refusal"].compute(predictions=responses, detector=config.detector,
+                                                                     **paired, **paired_scores, **stat_kw)
+            if scores is not None:
+                pr["reward"] = mean_with_ci(scores, config.n_bootstrap, config.confidence, config.seed)
+            res["policies"][name] = pr
+        for name in compared:
+            recs = [judgements.get(name, {}).get(p.id) for p in group_prompts]
+            if not recs or any(r is None for r in recs):
+                continue
+            hp = metrics["helpfulness"].compute(
+                predictions=[r["outcome_policy_first"] for r in recs],
+                references=[r["outcome_baseline_first"] for r in recs],
+                policy_lengths=[by_key[(p.id, name)].n_tokens for p in group_prompts],
+                baseline_lengths=[by_key[(p.id, baseline)].n_tokens for p in group_prompts], **stat_kw)
+            hp["identical_responses"] = sum(1 for r in recs if r["identical"])
+            res["comparisons"][name] = {"helpfulness": strip_lists(hp)}
+        return res
+
+    results = {}
+    for s in suites:
+        for cat in CATEGORIES:
+            group = [p for p in s.prompts if p.category == cat]
+            if group:
+                results[f"{s.name}/{cat}"] = dict(group_results(group, cat), suite=s.name)
+    pooled = {}
+    for cat in CATEGORIES:
+        group = [p for p in prompts if p.category == cat]
+        if group:
+            pooled[cat] = dict(group_results(group, cat), suite="all")
+
+    kl = {}
+    for name in policies:
+        gens = [j for j in jobs if j.policy == name]
+        entry = {"mean_length_tokens": mean_with_ci([g.n_tokens for g in gens], config.n_bootstrap,
+                                                    config.confidence, config.seed)}
+        if name == SFT:
+            entry["kl_per_token"] = {"mean": 0.0, "ci": [0.0, 0.0], "estimator": "exact",
+                                     "note": "the SFT model itself"}
+        elif name in kl_raw:
+            raw = kl_raw[name]
+            res = metrics["kl"].compute(predictions=raw["logp"], references=raw["logq"], exact_kl=raw["exact"],
+                                        confidence=config.confidence, n_resamples=min(config.n_bootstrap, 1000),
+                                        seed=config.seed)
+            res["kl_sample_mean_length_tokens"] = res.pop("mean_length_tokens")
+            entry.update(res)
+        kl[name] = entry
+    timings["metrics_s"] = time.monotonic() - t0
+    timings["total_s"] = time.monotonic() - t_start
+
+    report = {
+        "schema": 1,
+        "kind": "rlhf-arena-eval",
+        "started": started,
+        "finished": _now(),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "command": config.command,
+        "baseline": baseline,
+        "policies": [{"name": n, "content_hash": versions[n].content_hash, "source": versions[n].source,
+                      "parent": versions[n].card.get("parent"), "created": versions[n].card.get("created"),
+                      "card_metrics": versions[n].card.get("metrics")} for n in policies],
+        "compared": compared,
+        "judge": judge_info,
+        "judge_categories": list(config.judge_categories),
+        "reward_model": reward_info,
+        "detector": {"name": DETECTOR_NAME if config.detector == "ours" else BASELINE_NAME,
+                     "also_reported": BASELINE_NAME if config.detector == "ours" else DETECTOR_NAME},
+        "suites": [s.describe() for s in suites],
+        "settings": {"base_model": settings.base_model, "device": settings.resolved_device(),
+                     "dtype": settings.dtype, "load_in_4bit": settings.load_in_4bit,
+                     "decoding": "greedy", "max_new_tokens": config.max_new_tokens,
+                     "safety_max_new_tokens": config.safety_max_new_tokens,
+                     "repetition_penalty": config.repetition_penalty, "batch_size": config.batch_size,
+                     "threads": config.threads, "seed": config.seed, "confidence": config.confidence,
+                     "n_bootstrap": config.n_bootstrap, "kl_samples": config.kl_samples,
+                     "reuse_generations": str(config.reuse_generations) if config.reuse_generations else None,
+                     "data_dir": str(settings.data_dir)},
+        "results": results,
+        "summary": pooled,
+        "kl": kl,
+    }
+    judgement_rows = []
+    for name, by_prompt in judgements.items():
+        for pid, r in by_prompt.items():
+            judgement_rows.append({"prompt_id": pid, "policy": name, "baseline": baseline, **r})
+    out_dir = Path(config.out) if config.out else default_out_dir(settings.data_dir)
+    final = write_report(report, [j.record() for j in jobs], judgement_rows, out_dir, settings.data_dir,
+                         plots=config.plots)
+    log(f"report: {final / 'report.md'}  ({timings['total_s']:.0f} s)")
+    return final
