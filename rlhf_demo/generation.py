@@ -278,6 +278,7 @@ class PolicyServer:
         self.batch_window_s = batch_window_s
         self.max_prompt_tokens = max_prompt_tokens
         self.loaded: dict[str, str] = {}  # policy name -> content hash of the loaded adapter
+        self.broken: dict[str, tuple[str, str]] = {}  # policy name -> (content hash, why) of adapters that failed
         self._lock = threading.Lock()
         self._pending: "queue.Queue[Group]" = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="policy-server", daemon=True)
@@ -299,7 +300,11 @@ class PolicyServer:
 
     # -- adapters -------------------------------------------------------------------------
     def policies(self) -> list[str]:
-        return self.registry.names("policy") if self.registry else [SFT]
+        """Servable policies: the registry's, less adapters that failed to load (wrong shapes, …)."""
+        if not self.registry:
+            return [SFT]
+        return [v.name for v in self.registry.list("policy")
+                if self.broken.get(v.name, ("",))[0] != v.content_hash]
 
     def ensure_policy(self, name: str) -> None:
         """Load a policy's adapter if needed (thread-safe; the registry is re-read each time)."""
@@ -314,7 +319,14 @@ class PolicyServer:
         with self._lock:
             if name in self.loaded:
                 return
-            self.add_adapter(name, version.path)
+            if self.broken.get(name, ("",))[0] == version.content_hash:
+                raise GenerationError(self.broken[name][1])
+            try:
+                self.add_adapter(name, version.path)
+            except GenerationError as exc:
+                self.broken[name] = (version.content_hash, str(exc))
+                log.error("%s", exc)
+                raise
             self.loaded[name] = version.content_hash
 
     def add_adapter(self, name: str, path) -> None:
@@ -326,6 +338,12 @@ class PolicyServer:
             else:
                 self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         except Exception as exc:  # wrong shapes, missing files
+            # a failed load leaves the adapter half-injected (and, on the bare base, ACTIVE): take it out,
+            # or every other policy — SFT included — would answer through it
+            if self.model is self.base:
+                _strip_lora_layers(self.base)
+            elif name in getattr(self.model, "peft_config", {}):
+                self.model.delete_adapter(name)
             raise GenerationError(f"cannot load adapter {name!r} from {path}: {exc}") from exc
         self.model.eval()
 
@@ -393,6 +411,12 @@ class PolicyServer:
                     g.notify()
 
     def _decode(self, streams: list[Stream]) -> None:
+        # Loading an adapter injects LoRA layers into the base in place, so no adapter may load while a
+        # batch decodes, and once any adapter exists every row names its own ("__base__" for SFT).
+        with self._lock:
+            self._decode_locked(streams)
+
+    def _decode_locked(self, streams: list[Stream]) -> None:
         names = [s.request.policy for s in streams]
         use_adapters = self.model is not self.base
         adapter_names = [BASE_ADAPTER if n == SFT else n for n in names] if use_adapters else None
@@ -420,6 +444,18 @@ class PolicyServer:
             if s.total_s is None:
                 s.total_s = time.monotonic() - s.submitted
         log.debug("decoded %d requests in %.2fs", len(streams), time.monotonic() - start)
+
+
+def _strip_lora_layers(model) -> None:
+    """Undo a failed ``PeftModel.from_pretrained`` on ``model``: put every wrapped base layer back."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer) and name:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
 
 
 def serving_dtype_cpu():

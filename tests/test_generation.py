@@ -21,7 +21,7 @@ def server(embedded_settings, random_adapter):
     """The embedded model in fp32 with two random adapters published as rlhf-v0 and rlhf-v1."""
     reg = Registry(embedded_settings.versions_dir, package_dir=None)
     for seed in (1, 2):
-        reg.publish(random_adapter(embedded_settings, seed, scale=0.3), {"kind": "policy", "parent": "sft"})
+        reg.publish(random_adapter(embedded_settings, seed, scale=2.0), {"kind": "policy", "parent": "sft"})
     model, tok = load_base_model(embedded_settings)
     srv = PolicyServer(model, tok, reg)
     yield srv
