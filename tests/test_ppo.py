@@ -35,7 +35,9 @@ def tiny_cfg(tmp_path, **kw):
 
 
 def test_full_ppo_iteration_publishes_a_version(tiny_settings, tiny_reward, tmp_path):
-    summary = train(tiny_cfg(tmp_path), tiny_settings)
+    # top-layer LoRA with the shared frozen trunk (the resume test below covers full-depth LoRA and a
+    # critic initialised from the reward model)
+    summary = train(tiny_cfg(tmp_path, lora_layers=1, critic_from_reward=False), tiny_settings)
     assert summary["published"] == "rlhf-v7"
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -116,3 +118,28 @@ def test_help_explains_every_flag(capsys):
     for flag in ["--kl-coef", "--reward-normalize", "--whiten-advantages", "--value-clip", "--critic-warmup",
                  "--ptx-coef", "--eos-penalty", "--kl-bound", "--resume", "--load-in-4bit"]:
         assert flag in out, flag
+
+
+def test_shared_trunk_gives_the_same_numbers_as_full_forwards(tiny_settings, tiny_reward):
+    from rlhf_demo.registry import Registry
+    from training.actor_critic import ActorCriticRoles
+
+    torch.manual_seed(0)
+    cfg = PPOConfig(reward_model="reward-v5", lora_r=4, lora_alpha=8, lora_layers=1, critic_from_reward=False)
+    roles = ActorCriticRoles.build(tiny_settings, Registry(tiny_settings.versions_dir), cfg)
+    assert roles.split_layer == 1
+    with torch.no_grad():  # make the policy adapter non-trivial
+        for p in roles.params("policy"):
+            p.normal_(0, 0.2)
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    attn = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    trunk = roles.trunk(ids, attn)
+    for role in ["policy", None]:
+        full = roles.logits(role, ids, attn)
+        shared = roles.logits(role, ids, attn, trunk=trunk)
+        torch.testing.assert_close(shared[attn.bool()], full[attn.bool()], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(roles.values(ids, attn, trunk=trunk)[attn.bool()], roles.values(ids, attn)[attn.bool()],
+                               rtol=1e-4, atol=1e-4)
+    # the trunk carries no gradient, the top layers do
+    roles.logits("policy", ids, attn, grad=True, trunk=trunk).sum().backward()
+    assert all(p.grad is not None for p in roles.params("policy"))

@@ -35,7 +35,7 @@ import torch
 
 from rlhf_demo.config import Settings
 from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch, stop_ids
-from rlhf_demo.registry import Registry
+from rlhf_demo.registry import Registry, check_name
 from training import losses as L
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.config_cli import parse_config
@@ -62,6 +62,11 @@ class PPOConfig:
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0 keeps rollout and update identical)"})
     lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                                      metadata={"help": "comma-separated module names that get LoRA"})
+    lora_layers: int = field(default=0, metadata={
+        "help": "put the policy/critic LoRA on the top N decoder layers only (0 = all layers)"})
+    shared_trunk: bool = field(default=True, metadata={
+        "help": "with --lora-layers: run the frozen layers below the adapters once per batch and share "
+                "their output between policy, reference and critic (same numbers, less compute)"})
     # ---------------------------------------------------------------- rollouts
     iterations: int = field(default=60, metadata={"help": "PPO iterations (rollout + update)"})
     rollout_batch_size: int = field(default=16, metadata={"help": "prompts sampled per iteration (the buffer)"})
@@ -225,6 +230,7 @@ class Experience:
     old_logp: torch.Tensor
     ref_logp: torch.Tensor
     old_values: torch.Tensor
+    trunk: torch.Tensor | None    # output of the shared frozen layers (None without --lora-layers)
     advantages: torch.Tensor
     returns: torch.Tensor
     scores: torch.Tensor          # raw reward-model scores [B]
@@ -237,12 +243,13 @@ class Experience:
 def make_experience(roles: ActorCriticRoles, ro: Rollout, cfg: PPOConfig, moments: L.RunningMoments) -> Experience:
     ids, attn, mask = ro.input_ids, ro.attention_mask, ro.response_mask
     scores = roles.score(conversations(ro))                           # reward role
-    logits = roles.logits("policy", ids, attn)
+    trunk = roles.trunk(ids, attn)                                    # frozen layers, once for all roles
+    logits = roles.logits("policy", ids, attn, trunk=trunk)
     old_logp = L.logprobs_from_logits(logits[:, :-1], ids[:, 1:])    # policy role, before the update
     entropy = L.entropy_from_logits(logits[:, :-1])
     del logits
-    ref_logp = L.logprobs_from_logits(roles.logits(None, ids, attn)[:, :-1], ids[:, 1:])  # reference role
-    old_values = roles.values(ids, attn)[:, :-1]                      # critic role
+    ref_logp = L.logprobs_from_logits(roles.logits(None, ids, attn, trunk=trunk)[:, :-1], ids[:, 1:])  # reference
+    old_values = roles.values(ids, attn, trunk=trunk)[:, :-1]         # critic role
 
     # PPO-max: reward normalisation and clipping with running moments
     shaped = scores.clone()
@@ -260,7 +267,7 @@ def make_experience(roles: ActorCriticRoles, ro: Rollout, cfg: PPOConfig, moment
     advantages, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
         advantages = L.masked_whiten(advantages, mask)
-    return Experience(old_logp, ref_logp, old_values, advantages, returns, scores, rewards, kl, entropy)
+    return Experience(old_logp, ref_logp, old_values, trunk, advantages, returns, scores, rewards, kl, entropy)
 
 
 # ================================================================================================
@@ -278,8 +285,9 @@ def ppo_update(roles: ActorCriticRoles, ro: Rollout, ex: Experience, cfg: PPOCon
             ids, attn = ro.input_ids[idx][:, cols], ro.attention_mask[idx][:, cols]
             tok = slice(cols.start, cols.stop - 1)        # per-token tensors have one column fewer
             mask = ro.response_mask[idx][:, tok]
+            trunk = ex.trunk[idx][:, cols] if ex.trunk is not None else None
             if update_policy:
-                logits = roles.logits("policy", ids, attn, grad=True)[:, :-1]
+                logits = roles.logits("policy", ids, attn, grad=True, trunk=trunk)[:, :-1]
                 logp = L.logprobs_from_logits(logits, ids[:, 1:])
                 pg_loss, clipfrac, approx_kl = L.clipped_surrogate_loss(
                     logp, ex.old_logp[idx][:, tok], ex.advantages[idx][:, tok], mask, cfg.clip_range)
@@ -302,7 +310,7 @@ def ppo_update(roles: ActorCriticRoles, ro: Rollout, ex: Experience, cfg: PPOCon
                 _add(stats, "policy/clipfrac", float(clipfrac))
                 _add(stats, "policy/approx_kl", float(approx_kl))
                 del logits, logp, loss
-            values = roles.values(ids, attn, grad=True)[:, :-1]
+            values = roles.values(ids, attn, grad=True, trunk=trunk)[:, :-1]
             v_loss, v_clipfrac = L.clipped_value_loss(values, ex.old_values[idx][:, tok], ex.returns[idx][:, tok], mask,
                                                       cfg.value_clip or None)
             critic_opt.zero_grad(set_to_none=True)
@@ -412,8 +420,11 @@ def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[list[dict]], 
     """Greedy answers to held-out prompts: mean reward-model score and KL to the reference."""
     ro = rollout(roles, tokenizer, val_prompts, cfg, seed=0, greedy=True)
     scores = roles.score(conversations(ro))
-    logp = L.logprobs_from_logits(roles.logits("policy", ro.input_ids, ro.attention_mask)[:, :-1], ro.input_ids[:, 1:])
-    ref = L.logprobs_from_logits(roles.logits(None, ro.input_ids, ro.attention_mask)[:, :-1], ro.input_ids[:, 1:])
+    trunk = roles.trunk(ro.input_ids, ro.attention_mask)
+    logp = L.logprobs_from_logits(roles.logits("policy", ro.input_ids, ro.attention_mask, trunk=trunk)[:, :-1],
+                                  ro.input_ids[:, 1:])
+    ref = L.logprobs_from_logits(roles.logits(None, ro.input_ids, ro.attention_mask, trunk=trunk)[:, :-1],
+                                 ro.input_ids[:, 1:])
     kl = ((logp - ref) * ro.response_mask).sum(1)
     return {"val/score": float(scores.mean()), "val/kl": float(kl.mean()),
             "val/eos_rate": float(ro.reached_eos.float().mean())}
@@ -492,6 +503,9 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
+    for name in (cfg.name, cfg.reward_model, cfg.init_policy):
+        if name:
+            check_name(name)  # a bad version name (e.g. '../x') is refused now, not after the run
     registry = Registry(settings.versions_dir)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else settings.data_dir / "runs" / time.strftime("ppo-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
