@@ -15,6 +15,8 @@ help:
 	@echo "make test       the fast test suite (what CI runs)"
 	@echo "make test-slow  the long tests (-m slow)"
 	@echo "make bench      benchmark scripts; tables land in bench/RESULTS.md"
+	@echo "make train-ppo  PPO-max from SFT against reward-v0 (the shipped rlhf-v0 recipe)"
+	@echo "make eval       python -m eval --policies sft rlhf-v0 on the default suites"
 
 venv: $(STAMP)
 
@@ -36,6 +38,16 @@ test-all: venv
 
 bench: venv
 	$(PY) bench/generation.py
+
+# The shipped rlhf-v0: PPO-max from the SFT model against reward-v0 on the seed prompts, seeded.
+PPO_V0_ARGS ?= --reward-model reward-v0 --prompts seed --iterations 40 --rollout-batch-size 8 \
+	--mini-batch-size 8 --response-length 40 --lora-layers 8 --policy-lr 1e-4 --critic-lr 5e-5 \
+	--kl-coef 0.05 --ptx-coef 0.5 --critic-warmup 2 --eval-every 5 --seed 0 --dtype bfloat16
+train-ppo: venv
+	$(PY) -m training.ppo $(PPO_V0_ARGS) $(ARGS)
+
+eval: venv
+	$(PY) -m eval --policies sft rlhf-v0 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

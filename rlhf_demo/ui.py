@@ -138,23 +138,34 @@ class ArenaApp:
         return self.server.policies()  # re-reads the registry: new versions appear without a restart
 
     def newest(self) -> str | None:
-        v = self.registry.newest("policy") if self.registry is not None else None
-        return v.name if v else None
+        """The newest RLHF version the server can load (one whose adapter failed is passed over)."""
+        if self.registry is None:
+            return None
+        servable = set(self.policies())
+        versions = [v for v in self.registry.list("policy") if not v.is_base and v.name in servable]
+        return max(versions, key=lambda v: (v.number, v.card.get("created", ""))).name if versions else None
 
     def _hash(self, name: str) -> str:
         return "base" if name == SFT else self.server.loaded.get(name, "")
 
     def _pair(self, rnd: Round, named: bool, left_choice, right_choice) -> None:
-        available = self.policies()
-        if named:
-            left, right = check_named_pair(left_choice, right_choice, available)
-            swapped = False
-        else:
-            with self._rng_lock:
-                pair = resolve_pair(self.spec, available, self.newest(), self.rng)
-                left, right, swapped = blind_swap(pair, self.rng)
-        for name in (left, right):
-            self.server.ensure_policy(name)  # GenerationError for a broken adapter
+        for attempt in (0, 1):
+            available = self.policies()
+            if named:
+                left, right = check_named_pair(left_choice, right_choice, available)
+                swapped = False
+            else:
+                with self._rng_lock:
+                    pair = resolve_pair(self.spec, available, self.newest(), self.rng)
+                    left, right, swapped = blind_swap(pair, self.rng)
+            try:
+                for name in (left, right):
+                    self.server.ensure_policy(name)  # GenerationError for a broken adapter
+                break
+            except GenerationError:
+                if named or attempt:
+                    raise
+                # blind: the server now knows that adapter is broken; pair again among the others
         rnd.blind = not named
         rnd.pair(left, right, swapped, {left: self._hash(left), right: self._hash(right)})
 
