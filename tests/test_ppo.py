@@ -143,3 +143,10 @@ def test_shared_trunk_gives_the_same_numbers_as_full_forwards(tiny_settings, tin
     # the trunk carries no gradient, the top layers do
     roles.logits("policy", ids, attn, grad=True, trunk=trunk).sum().backward()
     assert all(p.grad is not None for p in roles.params("policy"))
+
+
+def test_bad_input_is_an_error_line_not_a_traceback(tiny_settings, capsys):
+    code = ppo.main(["--data-dir", str(tiny_settings.data_dir), "--base-model", tiny_settings.base_model,
+                     "--reward-model", "reward-v404", "--iterations", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: unknown reward 'reward-v404'" in err and "Traceback" not in err

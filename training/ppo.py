@@ -609,8 +609,16 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rlhf_demo.base_model import BaseModelError
+    from rlhf_demo.registry import RegistryError
+    from training.data import DataError
+
     cfg, settings = parse_config(PPOConfig, "python -m training.ppo", __doc__, argv)
-    summary = train(cfg, settings)
+    try:
+        summary = train(cfg, settings)
+    except (BaseModelError, RegistryError, DataError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
