@@ -111,13 +111,21 @@ def normalize_category(value, where: str) -> str:
 
 
 def _read_text(path: Path) -> str:
+    """The file's text; a NUL byte or invalid UTF-8 is an error naming ``file:line``."""
     try:
         raw = path.read_bytes()
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)
-        return raw.decode("utf-8")
-    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise SuiteError(f"{path}: cannot read ({exc})") from exc
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        if b"\x00" in line or b"\\u0000" in line:
+            raise SuiteError(f"{path}:{lineno}: NUL byte")
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SuiteError(f"{path}:{lineno}: invalid UTF-8 at byte {exc.start + 1}") from None
+    return raw.decode("utf-8")
 
 
 def hh_first_human_turn(text: str) -> str | None:

@@ -108,3 +108,15 @@ def test_hh_first_turn():
     assert hh_first_human_turn("\n\nHuman: hello\n\nAssistant: hi") == "hello"
     assert hh_first_human_turn("Human: hey there\n\nAssistant: yo") == "hey there"
     assert hh_first_human_turn("no turns") is None
+
+
+def test_nul_bytes_and_invalid_utf8_name_file_and_line(tmp_path):
+    from eval.suites import SuiteError, _read_text
+
+    for name, data, why in [("a.txt", b"ok\nbad\x00line\n", "a.txt:2: NUL byte"),
+                            ("b.jsonl", b'{"prompt": "x"}\n{"prompt": "\\u0000"}\n', "b.jsonl:2: NUL byte"),
+                            ("c.csv", b"prompt\nfine\n\xff\xfe\n", "c.csv:3: invalid UTF-8")]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(SuiteError, match=why):
+            _read_text(path)
