@@ -49,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bootstrap resamples for the leaderboard's 95%% intervals (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=32,
                    help="requests served at once per event (generation batches them together; default: %(default)s)")
+    p.add_argument("--pipeline-args", default="",
+                   help="extra flags for the Training tab's `python -m training.pipeline` runs, as one string "
+                        "(e.g. '--ppo-iterations 40 --max-over-refusal-rise 3'; see python -m training.pipeline --help)")
+    p.add_argument("--backend", choices=("local", "openai"), default="local",
+                   help="local: load the base model and the LoRA versions in this process; openai: stream every "
+                        "answer from an OpenAI-compatible server (vLLM with --lora-modules, `transformers serve`; "
+                        "see docs/scale-out.md) (default: %(default)s)")
+    p.add_argument("--openai-url", default=None,
+                   help="base URL of that server, e.g. http://127.0.0.1:8000/v1 (with --backend openai)")
+    p.add_argument("--openai-model", metavar="POLICY=MODEL", action="append", default=[],
+                   help="the server's model id for a policy when it differs from the policy name (repeatable)")
+    p.add_argument("--openai-api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the server's API key, if it needs one (default: %(default)s)")
     p.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING; default: %(default)s)")
     add_settings_args(p)
     return p
@@ -67,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     except ArenaError as exc:
         why = exc.kwargs.get("why") or "use two names such as sft,newest, or all"
         parser.error(f"--policies {args.policies!r}: {why}")
+    if args.backend == "openai" and not args.openai_url:
+        parser.error("--backend openai needs --openai-url URL")
+    model_map = {}
+    for item in args.openai_model:
+        policy, sep, model = item.partition("=")
+        if not sep or not policy or not model:
+            parser.error(f"--openai-model {item!r}: use POLICY=MODEL")
+        model_map[policy] = model
     settings = settings_from_args(args)
 
     from rlhf_demo.auth import AuthError, UserDB
@@ -86,12 +107,25 @@ def main(argv: list[str] | None = None) -> int:
         logging.warning("serving %s without --auth: anyone who can reach it may vote, and nobody is admin",
                         args.host)
 
+    import shlex
+
+    from rlhf_demo.training_tab import TrainingTab
     from rlhf_demo.ui import build_app
 
+    server = None
+    if args.backend == "openai":
+        import os
+
+        from rlhf_demo.openai_backend import OpenAIBackend
+        from rlhf_demo.registry import Registry
+
+        server = OpenAIBackend(args.openai_url, registry=Registry(settings.versions_dir), model_map=model_map,
+                               api_key=os.environ.get(args.openai_api_key_env))
     try:
-        app = build_app(settings, users=users, admins=args.admin, policies=args.policies, seed=args.seed,
+        app = build_app(settings, server=server, users=users, admins=args.admin, policies=args.policies, seed=args.seed,
                         local_admin=local_admin, bootstrap_rounds=args.bootstrap_rounds,
-                        concurrency=args.concurrency)
+                        concurrency=args.concurrency,
+                        training_ui=TrainingTab.factory(shlex.split(args.pipeline_args)))
     except BaseModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

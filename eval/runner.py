@@ -242,8 +242,11 @@ def build_judge(config: EvalConfig, settings: Settings, server, reward_judge, pr
     raise JudgeError(f"unknown judge {kind!r}: use reward, lm, openai or none")
 
 
-def run(config: EvalConfig, settings: Settings) -> Path:
-    """Run the evaluation; returns the directory with report.json, report.md, plots and generations."""
+def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
+    """Run the evaluation; returns the directory with report.json, report.md, plots and generations.
+
+    ``registry``: where the policies are looked up (default: the data dir's); the training pipeline
+    passes one that also holds its not-yet-published candidate."""
     import torch
 
     from rlhf_demo.generation import PolicyServer
@@ -264,7 +267,7 @@ def run(config: EvalConfig, settings: Settings) -> Path:
     prompts = [p for s in suites for p in s.prompts]
     baseline = config.baseline
     policies = unique([baseline] + list(config.policies))
-    registry = Registry(settings.versions_dir)
+    registry = registry or Registry(settings.versions_dir)
     versions = {name: registry.get(name, kind="policy") for name in policies}  # RegistryError names the problem
     compared = [p for p in policies if p != baseline] or [baseline]  # "--policies sft sft": sft against itself
     for s in suites:
