@@ -22,7 +22,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 MODEL_CACHE = Path(os.environ.get("RLHF_ARENA_TEST_CACHE", ROOT / ".cache" / "test-data"))
 
 apply_offline(False)  # tests never reach a hub
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get("RLHF_ARENA_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 def shared_data(relative: str) -> Path:

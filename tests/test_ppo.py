@@ -83,9 +83,13 @@ def test_collapse_guard_triggers_on_a_constructed_collapse():
         reason = guard.check(dict(healthy, **{"objective/kl": 9.0}))
     assert "KL 9.00 above the bound 5.0" in reason
     guard = CollapseGuard(cfg)
+    guard.check(healthy)
     for _ in range(2):
         reason = guard.check(dict(healthy, **{"response/eos_rate": 0.0}))
     assert "pinned at max length" in reason
+    # answers that already ran past the limit at the start (a long-winded SFT model) are no collapse
+    guard = CollapseGuard(cfg)
+    assert all(guard.check(dict(healthy, **{"response/eos_rate": 0.0})) is None for _ in range(3))
 
 
 def test_collapse_guard_stops_a_run_and_keeps_the_best(tiny_settings, tiny_reward, tmp_path):

@@ -111,7 +111,7 @@ class PPOConfig:
     min_perplexity: float = field(default=1.01, metadata={"help": "collapse if per-token perplexity falls below"})
     max_repeated_ngrams: float = field(default=0.5, metadata={"help": "collapse if the repeated 4-gram share exceeds"})
     max_length_pinned: float = field(default=0.95, metadata={
-        "help": "collapse if this share of answers hits --response-length without EOS"})
+        "help": "collapse if this share of answers hits --response-length without EOS (when it did not at the start)"})
     # ---------------------------------------------------------------- bookkeeping
     eval_every: int = field(default=5, metadata={"help": "validation score every N iterations (and at the end)"})
     checkpoint_every: int = field(default=5, metadata={"help": "checkpoint every N iterations"})
@@ -388,14 +388,17 @@ class CollapseGuard:
     """Stops the run when a collapse signal persists for `patience` iterations (PPO-max §5)."""
 
     def __init__(self, cfg: PPOConfig):
-        self.cfg, self.streak = cfg, {}
+        self.cfg, self.streak, self.start_eos_rate = cfg, {}, None
 
     def signals(self, m: dict[str, float]) -> dict[str, bool]:
         c = self.cfg
+        if self.start_eos_rate is None:  # the SFT model's own answers may already run past the limit
+            self.start_eos_rate = m["response/eos_rate"]
         return {
             f"KL {m['objective/kl']:.2f} above the bound {c.kl_bound}": m["objective/kl"] > c.kl_bound,
-            f"answers pinned at max length (EOS rate {m['response/eos_rate']:.2f})":
-                1 - m["response/eos_rate"] >= c.max_length_pinned,
+            f"answers pinned at max length (EOS rate {m['response/eos_rate']:.2f}, "
+            f"{self.start_eos_rate:.2f} at the start)":
+                1 - m["response/eos_rate"] >= c.max_length_pinned and 1 - self.start_eos_rate < c.max_length_pinned,
             f"perplexity collapsed to {m['response/perplexity']:.3f}": m["response/perplexity"] < c.min_perplexity,
             f"repeated 4-grams {m['response/repeated_4gram']:.2f}": m["response/repeated_4gram"] > c.max_repeated_ngrams,
         }
@@ -409,10 +412,10 @@ class CollapseGuard:
         return None
 
     def state_dict(self):
-        return dict(self.streak)
+        return {"streak": dict(self.streak), "start_eos_rate": self.start_eos_rate}
 
     def load_state_dict(self, s):
-        self.streak = dict(s)
+        self.streak, self.start_eos_rate = dict(s["streak"]), s["start_eos_rate"]
 
 
 @torch.no_grad()
