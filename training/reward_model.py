@@ -1,0 +1,727 @@
+"""Train (or evaluate) a reward model: ``python -m training.reward_model``.
+
+A reward model is a LoRA adapter plus a scalar head on the shared base (``training/roles.py``),
+trained with the Bradley–Terry loss on preference pairs (``training/data.py``) and published to the
+registry as the next ``reward-vN``. Recipe options follow "Secrets of RLHF Part II" and TRL's
+RewardTrainer: margin, label smoothing, an LM loss on the chosen answer, reward centering.
+
+    # train on the seed pairs plus HH-RLHF, hold out 20% of the prompts, publish reward-vN
+    python -m training.reward_model --data seed --data hh=../shared/data/hh-rlhf/harmless-base-test-part.jsonl.gz
+
+    # evaluate a published reward model on a file; the last line is `accuracy=<float> n=<int>`
+    python -m training.reward_model --eval-only --reward-model reward-v0 --data pairs.jsonl
+
+Speed: each pair is ONE packed row ``[prompt | chosen | rejected]`` (the prompt is computed once;
+an attention mask hides the chosen answer from the rejected one), batches are grouped by length,
+and the LM head is skipped unless the LM loss is on. Checkpoints (``--save-steps``) make a killed
+run resumable with ``--resume``; metrics go to ``<run dir>/metrics.jsonl`` and TensorBoard
+(``--report-to tensorboard``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import random
+import shlex
+import shutil
+import sys
+import time
+import types
+import typing
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rlhf_demo.config import Settings, add_settings_args, settings_from_args
+from training import checkpoint as ckpt
+from training.data import (DataError, EncodedPair, batch_order, collate_pairs, encode_pair, load_pairs,
+                           parse_source, split_by_prompt)
+from training.losses import bradley_terry_loss, pairwise_accuracy, ptx_loss, reward_centering_loss
+from training.roles import DEFAULT_TARGETS, RewardModel, lora_config, num_layers
+
+log = logging.getLogger("training.reward_model")
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RewardConfig:
+    # data
+    data: list[str] = field(default_factory=lambda: ["seed"], metadata={
+        "help": "preference source, repeatable: seed, arena, a JSONL/JSONL.gz file (TRL standard or "
+                "conversational, or HH-RLHF text), hub:ID[:SPLIT] (needs --online); ':N' keeps the first N "
+                "pairs, 'NAME=' names the source in the metrics", "action": "append", "metavar": "SOURCE"})
+    validation_fraction: float = field(default=0.2, metadata={
+        "help": "share of PROMPTS held out for evaluation (split by a seeded hash of the prompt, so no prompt "
+                "is on both sides)"})
+    skip_invalid: bool = field(default=False, metadata={
+        "help": "skip malformed rows with a warning instead of stopping at the first one"})
+    max_length: int = field(default=512, metadata={
+        "help": "longest conversation (prompt + answer) in tokens; older prompt tokens are cut first"})
+    # model
+    reward_model: str | None = field(default=None, metadata={
+        "help": "a registry reward model: evaluated with --eval-only, else training continues from it"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.0, metadata={
+        "help": "dropout on the LoRA input (0 is faster: no dropout mask per projection)"})
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS), metadata={
+        "help": "module names that get LoRA (attention and MLP projections by default)", "nargs": "+"})
+    lora_layers: int | None = field(default=None, metadata={
+        "help": "put LoRA on the last N decoder layers only (default: all); the backward pass then stops there"})
+    cache_frozen_layers: bool = field(default=True, metadata={
+        "help": "with --lora-layers: compute the frozen bottom layers ONCE per pair and keep their output in "
+                "memory (float32, about 4 x hidden size bytes a token); every step then runs the top layers only"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in the backward pass (less memory, slower)"})
+    bf16: bool = field(default=False, metadata={
+        "help": "bfloat16 compute: the base is loaded in bfloat16 (unless --dtype says otherwise) and the "
+                "forward/backward runs under bfloat16 autocast (several times faster on CPUs with AVX512-BF16/AMX "
+                "and on GPUs); the LoRA weights, the head and the optimizer stay float32"})
+    # optimisation
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate of the LoRA weights"})
+    head_learning_rate: float | None = field(default=None, metadata={
+        "help": "learning rate of the scalar head (default: --learning-rate)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    lr_scheduler: str = field(default="cosine", metadata={
+        "help": "decay after the warm-up", "choices": ["cosine", "linear", "constant"]})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of the steps spent warming up linearly"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs (fractions allowed)"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: use --epochs)"})
+    batch_size: int = field(default=8, metadata={"help": "pairs per micro-batch"})
+    grad_accumulation: int = field(default=1, metadata={
+        "help": "micro-batches per optimizer step (effective batch = batch size x this)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip (0: off)"})
+    group_by_length: bool = field(default=True, metadata={
+        "help": "batch pairs of similar length together (little padding; the order stays random)"})
+    # loss
+    use_margin: bool = field(default=False, metadata={
+        "help": "use each pair's 'margin' field in the Bradley-Terry loss (Llama 2 / MOSS-RLHF Part II)"})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "conservative Bradley-Terry: probability that a label is wrong (0: off)"})
+    lm_loss_coef: float = field(default=0.0, metadata={
+        "help": "weight of an LM loss (next-token NLL) on the chosen answer, a regulariser (0: off)"})
+    center_rewards_coef: float = field(default=0.0, metadata={
+        "help": "reward centering: weight of mean((r_chosen + r_rejected)^2) (TRL suggests 0.01; 0: off)"})
+    # run
+    seed: int = field(default=0, metadata={"help": "seed of the split, the data order, LoRA/head init and dropout"})
+    run_dir: Path | None = field(default=None, metadata={
+        "help": "where checkpoints, metrics and the final model go (default: <data dir>/runs/reward-<time>)"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue from the newest valid checkpoint in --run-dir (default: the newest reward run)"})
+    save_steps: int = field(default=50, metadata={"help": "checkpoint every N optimizer steps (0: never)"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints to keep (0: all)"})
+    logging_steps: int = field(default=10, metadata={"help": "write metrics every N optimizer steps"})
+    eval_steps: int = field(default=0, metadata={"help": "evaluate on the held-out pairs every N steps (0: at the end)"})
+    eval_batch_size: int = field(default=16, metadata={"help": "pairs per evaluation batch"})
+    report_to: list[str] = field(default_factory=lambda: ["jsonl"], metadata={
+        "help": "metric sinks: jsonl (always written), tensorboard", "nargs": "+"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    num_threads: int = field(default=0, metadata={
+        "help": "CPU threads for torch (0: torch's default, one per core); on a machine shared with other busy "
+                "processes 1 is often faster"})
+    # outputs
+    eval_only: bool = field(default=False, metadata={
+        "help": "evaluate --reward-model on --data (all pairs, no split) and print accuracy, mean margin and a "
+                "calibration summary; the last line is 'accuracy=<float> n=<int>'"})
+    publish: bool = field(default=True, metadata={"help": "publish the trained model to the registry"})
+    name: str | None = field(default=None, metadata={"help": "version name to publish as (default: the next reward-vN)"})
+    publish_dir: Path | None = field(default=None, metadata={
+        "help": "publish into this versions directory instead of <data dir>/versions (e.g. rlhf_demo/versions "
+                "for the shipped default)"})
+    replace: bool = field(default=False, metadata={
+        "help": "with --publish-dir: replace an existing version of the same name (only after training succeeded)"})
+    description: str = field(default="", metadata={"help": "a line for the version card"})
+
+
+def _field_type(f: dataclasses.Field):
+    t = f.type if not isinstance(f.type, str) else eval(f.type, vars(typing) | {"Path": Path})  # noqa: S307
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if typing.get_origin(t) in (typing.Union, types.UnionType) and len(args) == 1:
+        t = args[0]
+    if typing.get_origin(t) is list:
+        return list, typing.get_args(t)[0]
+    return t, None
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str | None = None) -> argparse.ArgumentParser:
+    """One ``--flag`` per dataclass field, with the field's ``metadata['help']`` (and choices/nargs/action)."""
+    group = parser.add_argument_group(title or cls.__name__)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        kind, item = _field_type(f)
+        kw: dict = {"dest": f.name, "help": help_text}
+        if kind is bool:
+            kw.update(action=argparse.BooleanOptionalAction, default=default)
+        elif kind is list:
+            kw.update(type=item, default=None)
+            if meta.get("action") == "append":
+                kw.update(action="append")
+            else:
+                kw.update(nargs=meta.get("nargs", "+"))
+            kw["help"] += f" (default: {' '.join(map(str, default))})"
+        else:
+            kw.update(type=kind, default=default)
+            if default is not None:
+                kw["help"] += " (default: %(default)s)"
+        for k in ("choices", "metavar"):
+            if k in meta:
+                kw[k] = meta[k]
+        group.add_argument(flag, **kw)
+    return parser
+
+
+def dataclass_from_args(cls, args: argparse.Namespace):
+    values = {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f.name)
+        if v is None and f.default_factory is not dataclasses.MISSING:
+            v = f.default_factory()
+        values[f.name] = v
+    return cls(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.reward_model", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(parser, RewardConfig, "reward model")
+    add_settings_args(parser)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def set_seed(seed: int) -> None:
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up for ``warmup`` steps, then cosine / linear decay to 0 at ``total`` (or constant)."""
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+    return f
+
+
+def autocast(device: torch.device | str, enabled: bool):
+    dev = torch.device(device).type
+    return torch.autocast(dev, dtype=torch.bfloat16, enabled=enabled)
+
+
+def encode_all(tokenizer, pairs, max_length: int) -> list[EncodedPair]:
+    return [encode_pair(tokenizer, p, max_length, index=i) for i, p in enumerate(pairs)]
+
+
+def pad_cached(cache: list[torch.Tensor], idx: list[int], width: int, device) -> torch.Tensor:
+    """Right-pad the cached hidden states of the pairs ``idx`` into ``[B, width, H]``."""
+    hidden = cache[idx[0]].shape[-1]
+    out = torch.zeros((len(idx), width, hidden), dtype=cache[idx[0]].dtype)
+    for b, i in enumerate(idx):
+        out[b, :cache[i].shape[0]] = cache[i]
+    return out.to(device)
+
+
+@torch.no_grad()
+def build_frozen_cache(rm: RewardModel, encoded: list[EncodedPair], pad_id: int, stop_layer: int,
+                       batch_size: int = 16, bf16: bool = False, progress: bool = False) -> list[torch.Tensor]:
+    """The output of the frozen layers ``[0, stop_layer)`` for every pair's packed row (float32, on CPU)."""
+    from training.roles import frozen_hidden
+
+    out: list[torch.Tensor] = [None] * len(encoded)  # type: ignore[list-item]
+    order = sorted(range(len(encoded)), key=lambda i: -encoded[i].length)
+    chunks = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=f"frozen layers 0-{stop_layer - 1} (once)", unit="batch", dynamic_ncols=True)
+    was_training = rm.model.training
+    rm.eval()
+    try:
+        for chunk in chunks:
+            batch = collate_pairs([encoded[i] for i in chunk], pad_id).to(rm.device)
+            with autocast(rm.device, bf16):
+                h = frozen_hidden(rm.model, batch.input_ids, batch.attention_mask, batch.position_ids, stop_layer)
+            for b, i in enumerate(chunk):
+                out[i] = h[b, :encoded[i].length].cpu().clone()
+    finally:
+        rm.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def score_encoded(rm: RewardModel, encoded: list[EncodedPair], pad_id: int, batch_size: int = 16,
+                  bf16: bool = False, cache: list[torch.Tensor] | None = None, start_layer: int = 0
+                  ) -> tuple[list[float], list[float]]:
+    """(chosen, rejected) rewards of encoded pairs, in their order; batches sorted by length."""
+    was_training = rm.model.training
+    rm.eval()
+    chosen = [0.0] * len(encoded)
+    rejected = [0.0] * len(encoded)
+    order = sorted(range(len(encoded)), key=lambda i: -encoded[i].length)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = collate_pairs([encoded[i] for i in chunk], pad_id).to(rm.device)
+            embeds = pad_cached(cache, chunk, batch.input_ids.shape[1], rm.device) if cache is not None else None
+            with autocast(rm.device, bf16):
+                c, r, _ = rm.pair_rewards(batch, inputs_embeds=embeds, start_layer=start_layer if embeds is not None else 0)
+            for b, i in enumerate(chunk):
+                chosen[i], rejected[i] = float(c[b]), float(r[b])
+    finally:
+        rm.train(was_training)
+    return chosen, rejected
+
+
+def check_frozen_split(rm: RewardModel, encoded: list[EncodedPair], pad_id: int, stop_layer: int, bf16: bool) -> float:
+    """Largest difference between rewards computed in one pass and via the frozen-layer split (2 pairs)."""
+    sample = encoded[:2]
+    cache = build_frozen_cache(rm, sample, pad_id, stop_layer, bf16=bf16)
+    full = score_encoded(rm, sample, pad_id, bf16=bf16)
+    split = score_encoded(rm, sample, pad_id, bf16=bf16, cache=cache, start_layer=stop_layer)
+    return max(abs(a - b) for x, y in zip(full, split) for a, b in zip(x, y))
+
+
+def summarize(encoded: list[EncodedPair], chosen: list[float], rejected: list[float]) -> dict:
+    """Accuracy and mean margin overall, per source and per source/category."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, e in enumerate(encoded):
+        groups["all"].append(i)
+        groups[e.source].append(i)
+        if e.category:
+            groups[f"{e.source}/{e.category}"].append(i)
+    out = {}
+    for name, idx in groups.items():
+        c = torch.tensor([chosen[i] for i in idx])
+        r = torch.tensor([rejected[i] for i in idx])
+        out[name] = {"accuracy": round(pairwise_accuracy(c, r), 4), "mean_margin": round(float((c - r).mean()), 4),
+                     "n": len(idx)}
+    return out
+
+
+def calibration(chosen: list[float], rejected: list[float], buckets: int = 5) -> list[dict]:
+    """Accuracy by |margin| quantile bucket, with the Bradley–Terry predicted accuracy mean(sigmoid(|m|))."""
+    m = torch.tensor(chosen) - torch.tensor(rejected)
+    if m.numel() == 0:
+        return []
+    order = torch.argsort(m.abs())
+    rows = []
+    for k in range(buckets):
+        sel = order[k * len(order) // buckets:(k + 1) * len(order) // buckets]
+        if sel.numel() == 0:
+            continue
+        a = m[sel].abs()
+        rows.append({"lo": float(a.min()), "hi": float(a.max()), "n": int(sel.numel()),
+                     "accuracy": float(((m[sel] > 0).float() + 0.5 * (m[sel] == 0).float()).mean()),
+                     "predicted": float(torch.sigmoid(a).mean())})
+    return rows
+
+
+class MetricsWriter:
+    """``metrics.jsonl`` always; TensorBoard when asked."""
+
+    def __init__(self, run_dir: Path, report_to: list[str]):
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # pragma: no cover
+                log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
+
+    def write(self, step: int, values: dict) -> None:
+        row = {"step": step, "time": round(time.time(), 3), **values}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """Keep the metric rows up to ``step`` (atomically), so a resumed run logs every step once."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:  # a torn last line of a killed run
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _default_run_dir(settings: Settings) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return settings.data_dir / "runs" / f"reward-{stamp}"
+
+
+def _newest_run(settings: Settings) -> Path | None:
+    root = settings.data_dir / "runs"
+    runs = sorted(p for p in root.glob("reward-*") if p.is_dir() and ckpt.list_checkpoints(p)) if root.is_dir() else []
+    return runs[-1] if runs else None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    metrics: dict
+    model_dir: Path | None = None
+    version: object = None
+    reward_model: RewardModel | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------
+def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict], None] | None = None,
+          command: str | None = None, model=None, tokenizer=None) -> TrainResult:
+    """Train a reward model; returns where it went and its held-out metrics.
+
+    ``on_step(step, info)`` is called after every optimizer step (after a checkpoint is written),
+    e.g. to stop a run in tests. ``model``/``tokenizer``: an already loaded base to train on.
+    """
+    t_start = time.time()
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    if config.resume:
+        run_dir = config.run_dir or _newest_run(settings)
+        if run_dir is None:
+            raise ckpt.CheckpointError(f"--resume: no reward run with checkpoints under {settings.data_dir / 'runs'}")
+    else:
+        run_dir = config.run_dir or _default_run_dir(settings)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(config.seed)
+
+    # -- data -----------------------------------------------------------------------------
+    pairs = load_pairs(config.data, settings, skip_invalid=config.skip_invalid)
+    train_pairs, val_pairs = split_by_prompt(pairs, config.validation_fraction, config.seed)
+    if not train_pairs:
+        raise DataError("no training pairs left after the validation split")
+    sources = [parse_source(s) for s in config.data]
+    data_card = [{"spec": s, "name": src.name,
+                  "pairs": sum(p.source == src.name for p in pairs),
+                  "train": sum(p.source == src.name for p in train_pairs),
+                  "validation": sum(p.source == src.name for p in val_pairs)} for s, src in zip(config.data, sources)]
+
+    # -- model ----------------------------------------------------------------------------
+    if config.bf16 and settings.dtype == "auto":
+        settings = dataclasses.replace(settings, dtype="bfloat16")
+    if model is None:
+        from rlhf_demo.base_model import load_base_model
+
+        model, tokenizer = load_base_model(settings)
+    elif tokenizer is None:
+        from rlhf_demo.base_model import load_tokenizer
+
+        tokenizer = load_tokenizer(settings)
+    train_enc = encode_all(tokenizer, train_pairs, config.max_length)
+    val_enc = encode_all(tokenizer, val_pairs, config.max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    torch.manual_seed(config.seed)
+    if config.reward_model:
+        from training.roles import resolve_reward_version
+
+        parent = resolve_reward_version(settings, config.reward_model)
+        if settings.load_in_4bit:  # before the adapter goes on: it freezes every parameter it finds
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+        rm = RewardModel.from_dir(model, parent.path, trainable=True)
+    else:
+        parent = None
+        lcfg = lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules,
+                           config.lora_layers, num_layers(model))
+        rm = RewardModel.create(model, lcfg, kbit_training=settings.load_in_4bit,
+                                gradient_checkpointing=config.gradient_checkpointing)
+    rm.train()
+    params = rm.trainable_parameters()
+    lora_params = [p for n, p in params if not n.startswith("head.")]
+    head_params = [p for n, p in params if n.startswith("head.")]
+    optimizer = torch.optim.AdamW([
+        {"params": lora_params, "lr": config.learning_rate},
+        {"params": head_params, "lr": config.head_learning_rate or config.learning_rate},
+    ], weight_decay=config.weight_decay)
+
+    lengths = [e.length for e in train_enc]
+    micro_per_epoch = len(batch_order(lengths, config.batch_size, config.seed, 0, config.group_by_length))
+    steps_per_epoch = max(1, micro_per_epoch // config.grad_accumulation)
+    total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(steps_per_epoch * config.epochs))
+    warmup = int(round(config.warmup_ratio * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.lr_scheduler, warmup, total_steps))
+
+    step = 0
+    if config.resume:
+        state = ckpt.load_checkpoint(run_dir, model=rm.model, modules={"head": rm.head}, optimizer=optimizer,
+                                     scheduler=scheduler)
+        step = state.step
+        for msg in state.skipped:
+            print(f"[reward] {msg}", file=sys.stderr)
+        print(f"[reward] resumed {run_dir} at step {step}/{total_steps}", file=sys.stderr)
+        drop_metrics_after(run_dir / "metrics.jsonl", step)  # the lost steps are replayed and logged again
+    t_loop = time.time()  # training proper starts here (after loading and tokenising)
+    start_layer = rm.lora_start_layer() if config.cache_frozen_layers else 0
+    train_cache = val_cache = None
+    if start_layer > 0:
+        diff = check_frozen_split(rm, train_enc, pad_id, start_layer, config.bf16)
+        if diff > (5e-2 if config.bf16 else 1e-3):
+            log.warning("the frozen-layer cache does not reproduce a full forward pass of this model (max reward "
+                        "difference %.2g); training without it", diff)
+            start_layer = 0
+        else:
+            n_tok = sum(e.length for e in train_enc + val_enc)
+            print(f"[reward] caching the output of frozen layers 0-{start_layer - 1} for {n_tok:,} tokens "
+                  f"({n_tok * (2 if config.bf16 else 4) * rm.head.hidden_size / 2**20:.0f} MiB)",
+                  file=sys.stderr)
+            train_cache = build_frozen_cache(rm, train_enc, pad_id, start_layer, config.eval_batch_size, config.bf16,
+                                             config.progress)
+            val_cache = build_frozen_cache(rm, val_enc, pad_id, start_layer, config.eval_batch_size, config.bf16,
+                                           config.progress) if val_enc else None
+    truncated = sum(e.truncated for e in train_enc + val_enc)
+    print(f"[reward] {len(train_pairs)} training pairs, {len(val_pairs)} held out ({truncated} truncated to "
+          f"{config.max_length} tokens); {total_steps} steps of {config.batch_size}x{config.grad_accumulation} "
+          f"pairs; {sum(p.numel() for _, p in params):,} trainable parameters; run dir {run_dir}", file=sys.stderr)
+
+    # -- loop -----------------------------------------------------------------------------
+    writer = MetricsWriter(run_dir, config.report_to)
+    device = rm.device
+    bar = None
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc="reward model", unit="step", dynamic_ncols=True)
+    window: dict[str, float] = defaultdict(float)
+    window_t = time.time()
+    order_cache: dict[int, list[list[int]]] = {}
+
+    def micro_batch(m: int) -> list[int]:
+        epoch, k = divmod(m, micro_per_epoch)
+        if epoch not in order_cache:
+            order_cache.clear()
+            order_cache[epoch] = batch_order(lengths, config.batch_size, config.seed, epoch, config.group_by_length)
+        return order_cache[epoch][k]
+
+    val_metrics: dict = {}
+    try:
+        while step < total_steps:
+            optimizer.zero_grad(set_to_none=True)
+            for a in range(config.grad_accumulation):
+                idx = micro_batch(step * config.grad_accumulation + a)
+                batch = collate_pairs([train_enc[i] for i in idx], pad_id).to(device)
+                embeds = pad_cached(train_cache, idx, batch.input_ids.shape[1], device) if train_cache else None
+                with autocast(device, config.bf16):
+                    chosen, rejected, logits = rm.pair_rewards(batch, lm_loss=config.lm_loss_coef > 0,
+                                                               inputs_embeds=embeds, start_layer=start_layer)
+                    margin = batch.margin if config.use_margin else None
+                    bt = bradley_terry_loss(chosen, rejected, margin, config.label_smoothing)
+                    loss = bt
+                    if config.center_rewards_coef:
+                        loss = loss + reward_centering_loss(chosen, rejected, config.center_rewards_coef)
+                    if logits is not None:
+                        lm = ptx_loss(logits, batch.lm_labels)
+                        loss = loss + config.lm_loss_coef * lm
+                        window["train/lm_loss"] += lm.item() / config.grad_accumulation
+                (loss / config.grad_accumulation).backward()
+                window["train/loss"] += loss.item() / config.grad_accumulation
+                window["train/bt_loss"] += bt.item() / config.grad_accumulation
+                window["train/accuracy"] += pairwise_accuracy(chosen.detach(), rejected.detach()) / config.grad_accumulation
+                window["train/margin"] += float((chosen - rejected).detach().mean()) / config.grad_accumulation
+                window["train/reward_mean"] += float((chosen + rejected).detach().mean() / 2) / config.grad_accumulation
+                window["perf/pairs"] += len(batch)
+                window["perf/tokens"] += batch.n_tokens
+            if config.max_grad_norm > 0:
+                norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], config.max_grad_norm)
+                window["train/grad_norm"] += float(norm)
+            window["train/lr"] += scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            window["n"] += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{window['train/loss'] / window['n']:.3f}",
+                                acc=f"{window['train/accuracy'] / window['n']:.2f}")
+            if step % max(1, config.logging_steps) == 0 or step == total_steps:
+                dt = max(1e-9, time.time() - window_t)
+                n = window.pop("n")
+                row = {k: round(v / n, 6) for k, v in window.items() if not k.startswith("perf/")}
+                row.update({"perf/pairs_per_s": round(window["perf/pairs"] / dt, 3),
+                            "perf/tokens_per_s": round(window["perf/tokens"] / dt, 1),
+                            "epoch": round(step / steps_per_epoch, 4)})
+                writer.write(step, row)
+                window.clear()
+                window_t = time.time()
+            if config.eval_steps and step % config.eval_steps == 0 and val_enc and step < total_steps:
+                c, r = score_encoded(rm, val_enc, pad_id, config.eval_batch_size, config.bf16, val_cache, start_layer)
+                val_metrics = summarize(val_enc, c, r)
+                writer.write(step, {f"eval/{k}/accuracy": v["accuracy"] for k, v in val_metrics.items()})
+            if config.save_steps and step % config.save_steps == 0 and step < total_steps:
+                ckpt.save_checkpoint(run_dir, step, model=rm.model, adapters=[rm.adapter_name],
+                                     modules={"head": rm.head}, optimizer=optimizer, scheduler=scheduler,
+                                     extra={"config": json.loads(json.dumps(dataclasses.asdict(config), default=str))},
+                                     keep_last=config.save_total_limit)
+            if on_step is not None:
+                on_step(step, {"loss": loss.item(), "optimizer": optimizer, "reward_model": rm})
+    finally:
+        if bar is not None:
+            bar.close()
+    loop_time = time.time() - t_loop
+    train_time = time.time() - t_start
+
+    # -- evaluation and publishing --------------------------------------------------------
+    metrics: dict = {"train_time_s": round(train_time, 1), "train_loop_s": round(loop_time, 1), "steps": step,
+                     "train_pairs": len(train_pairs), "validation_pairs": len(val_pairs)}
+    if val_enc:
+        c, r = score_encoded(rm, val_enc, pad_id, config.eval_batch_size, config.bf16, val_cache, start_layer)
+        val_metrics = summarize(val_enc, c, r)
+        metrics["validation"] = val_metrics
+        metrics["calibration"] = calibration(c, r)
+        writer.write(step, {f"eval/{k}/accuracy": v["accuracy"] for k, v in val_metrics.items()})
+    writer.close()
+    model_dir = rm.save(run_dir / "final")
+    card = {
+        "kind": "reward",
+        "base_model": settings.base_model,
+        "parent": parent.name if parent else None,
+        "description": config.description or "Bradley-Terry reward model (LoRA + scalar head on the SFT base)",
+        "command": command or "python -m training.reward_model " + " ".join(map(shlex.quote, sys.argv[1:])),
+        "data": data_card,
+        "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+        "settings": {"load_in_4bit": settings.load_in_4bit, "dtype": settings.dtype, "device": str(device),
+                     "threads": torch.get_num_threads()},
+        "metrics": metrics,
+        "software": _versions(),
+    }
+    (model_dir / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
+    _print_summary(val_metrics, train_time, step)
+    result = TrainResult(run_dir, step, metrics, model_dir, reward_model=rm)
+    if config.publish:
+        result.version = publish(model_dir, card, settings, config)
+        print(f"[reward] published {result.version.name} at {result.version.path}", file=sys.stderr)
+    return result
+
+
+def publish(model_dir: Path, card: dict, settings: Settings, config: RewardConfig):
+    from rlhf_demo.registry import Registry, check_name
+
+    if config.publish_dir:
+        registry = Registry(config.publish_dir, package_dir=None)
+        if config.replace and config.name and (Path(config.publish_dir) / check_name(config.name)).exists():
+            shutil.rmtree(Path(config.publish_dir) / config.name)
+    else:
+        if config.replace:
+            raise ValueError("--replace only works with --publish-dir; registry versions are never overwritten")
+        registry = Registry(settings.versions_dir)
+    return registry.publish(model_dir, card, name=config.name)
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def _print_summary(val_metrics: dict, train_time: float, step: int) -> None:
+    print(f"[reward] trained {step} steps in {train_time / 60:.1f} min", file=sys.stderr)
+    for name, m in sorted(val_metrics.items()):
+        print(f"[reward] held-out {name:<24} accuracy {m['accuracy']:.3f}  mean margin {m['mean_margin']:+.3f}  "
+              f"n={m['n']}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation only
+# ---------------------------------------------------------------------------------------------
+def evaluate_only(config: RewardConfig, settings: Settings, out=None) -> dict:
+    """Score every pair of ``--data`` with ``--reward-model``; print the report; return the metrics."""
+    from training.roles import load_reward_scorer
+
+    out = out or sys.stdout
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    if config.bf16 and settings.dtype == "auto":
+        settings = dataclasses.replace(settings, dtype="bfloat16")
+    scorer = load_reward_scorer(settings, config.reward_model)
+    pairs = load_pairs(config.data, settings, skip_invalid=config.skip_invalid)
+    max_length = min(config.max_length, scorer.max_length) if config.max_length else scorer.max_length
+    enc = encode_all(scorer.tokenizer, pairs, max_length)
+    pad_id = scorer.tokenizer.pad_token_id if scorer.tokenizer.pad_token_id is not None else 0
+    c, r = score_encoded(scorer.reward_model, enc, pad_id, config.eval_batch_size, config.bf16)
+    metrics = summarize(enc, c, r)
+    calib = calibration(c, r)
+    print(f"reward model: {scorer.name} (base {settings.base_model})", file=out)
+    print(f"data: {', '.join(config.data)}: {len(pairs)} pairs", file=out)
+    for name, m in sorted(metrics.items(), key=lambda kv: (kv[0] != "all", kv[0])):
+        print(f"  {name:<28} accuracy {m['accuracy']:.4f}  mean margin {m['mean_margin']:+.4f}  n={m['n']}", file=out)
+    print("calibration (accuracy by |margin| bucket; BT-predicted = mean sigmoid(|margin|)):", file=out)
+    for row in calib:
+        print(f"  |margin| {row['lo']:7.3f} .. {row['hi']:7.3f}  n={row['n']:<5} accuracy {row['accuracy']:.3f}  "
+              f"predicted {row['predicted']:.3f}", file=out)
+    overall = metrics["all"]
+    print(f"accuracy={overall['accuracy']:.4f} n={overall['n']}", file=out)
+    return {"metrics": metrics, "calibration": calib}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = dataclass_from_args(RewardConfig, args)
+    settings = settings_from_args(args)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    for noisy in ("httpx", "urllib3", "transformers", "peft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if config.eval_only:
+            if not config.reward_model:
+                parser.error("--eval-only needs --reward-model NAME")
+            evaluate_only(config, settings)
+        else:
+            argv_text = " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+            train(config, settings, command=f"python -m training.reward_model {argv_text}".strip())
+    except (DataError, ckpt.CheckpointError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
