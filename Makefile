@@ -40,9 +40,10 @@ bench: venv
 	$(PY) bench/generation.py
 
 # The shipped rlhf-v0: PPO-max from the SFT model against reward-v0 on the seed prompts, seeded.
-PPO_V0_ARGS ?= --reward-model reward-v0 --prompts seed --iterations 100 --rollout-batch-size 8 \
-	--mini-batch-size 8 --response-length 48 --lora-layers 8 --policy-lr 1e-4 --kl-coef 0.05 \
-	--ptx-coef 0.5 --critic-warmup 2 --eval-every 10 --seed 0 --dtype bfloat16 --threads 1
+PPO_V0_ARGS ?= --reward-model reward-v0 --prompts seed --iterations 60 --rollout-batch-size 8 \
+	--mini-batch-size 4 --ppo-epochs 2 --response-length 48 --lora-layers 8 --policy-lr 2e-4 \
+	--critic-lr 1e-4 --kl-coef 0.05 --ptx-coef 1.0 --critic-warmup 2 --eval-every 10 --seed 0 \
+	--dtype bfloat16 --threads 1 --publish-dir rlhf_demo/versions --name rlhf-v0
 train-ppo: venv
 	$(PY) -m training.ppo $(PPO_V0_ARGS) $(ARGS)
 
@@ -57,7 +58,7 @@ clean:
 HH_RLHF ?= ../shared/data/hh-rlhf/harmless-base-test-part.jsonl.gz
 REWARD_ARGS ?= --data seed --data hh=$(HH_RLHF) --validation-fraction 0.2 --max-length 256 \
 	--lora-r 16 --lora-alpha 32 --lora-layers 8 --bf16 --epochs 2 --batch-size 8 --learning-rate 3e-4 \
-	--center-rewards-coef 0.01 --seed 0 --num-threads 1
+	--seed 0 --num-threads 1
 train-reward: venv
 	$(PY) -m training.reward_model $(REWARD_ARGS) --publish-dir rlhf_demo/versions --name reward-v0 --replace \
 		--description "default reward model: seed pairs + HH-RLHF harmless (make train-reward)" $(ARGS)

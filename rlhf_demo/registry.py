@@ -79,7 +79,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -224,11 +224,11 @@ class Registry:
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-            _fsync_dir(tmp)
+            fsync_path(tmp)
             validate_version_dir(tmp)
             final = self.versions_dir / name
             os.rename(tmp, final)  # atomic on one file system; fails if `final` exists
-            _fsync_dir(self.versions_dir)
+            fsync_path(self.versions_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -17,7 +17,6 @@ previous one is used instead. :func:`save_checkpoint` keeps the newest ``keep_la
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from rlhf_demo.registry import fsync_path as _fsync  # one implementation for files and directories
+from rlhf_demo.registry import sha256_file as _sha256
 
 log = logging.getLogger(__name__)
 
@@ -47,27 +49,6 @@ class Checkpoint:
     step: int
     extra: dict = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # corrupt newer checkpoints that were passed over
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def checkpoints_dir(run_dir: Path) -> Path:

@@ -57,6 +57,9 @@ class PPOConfig:
         "help": "policy to start from: 'sft' or an rlhf-vN to continue training its adapter"})
     name: str = field(default="", metadata={"help": "name of the published version (default: the next rlhf-vN)"})
     publish: bool = field(default=True, metadata={"help": "publish the best checkpoint to the registry at the end"})
+    publish_dir: str = field(default="", metadata={
+        "help": "publish into this versions directory instead of <data dir>/versions (e.g. rlhf_demo/versions "
+                "for the shipped default)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of the policy and critic adapters"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0 keeps rollout and update identical)"})
@@ -601,8 +604,9 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
                 "reward_model": roles.reward_name, "trainer": "training.ppo (PPO-max)", "config": asdict(cfg),
                 "data": {"prompts": cfg.prompts, "train_prompts": len(train_prompts), "val_prompts": len(val_prompts)},
                 "best_step": best["step"], "metrics": {"best": best, "final": final}, "stopped": stopped,
-                "command": " ".join(sys.argv) if sys.argv and "ppo" in sys.argv[0] else None}
-        version = registry.publish(run_dir / "best", card, name=cfg.name or None)
+                "command": "python -m training.ppo " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ppo.py") else None}
+        target = Registry(Path(cfg.publish_dir), package_dir=None) if cfg.publish_dir else registry
+        version = target.publish(run_dir / "best", card, name=cfg.name or None)
         summary["published"] = version.name
         print(f"[ppo] published {version.name} (best iteration {best['step']}) at {version.path}", file=sys.stderr)
     elif cfg.publish:

@@ -650,7 +650,10 @@ def publish(model_dir: Path, card: dict, settings: Settings, config: RewardConfi
         if config.replace:
             raise ValueError("--replace only works with --publish-dir; registry versions are never overwritten")
         registry = Registry(settings.versions_dir)
-    return registry.publish(model_dir, card, name=config.name)
+    version = registry.publish(model_dir, card, name=config.name)
+    if config.publish_dir:  # shipped with the package: readable by everyone (mkdtemp made it 0700)
+        os.chmod(version.path, 0o755)
+    return version
 
 
 def _versions() -> dict:
