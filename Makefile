@@ -58,7 +58,7 @@ clean:
 HH_RLHF ?= ../shared/data/hh-rlhf/harmless-base-test-part.jsonl.gz
 REWARD_ARGS ?= --data seed --data hh=$(HH_RLHF) --validation-fraction 0.2 --max-length 256 \
 	--lora-r 16 --lora-alpha 32 --lora-layers 8 --bf16 --epochs 2 --batch-size 8 --learning-rate 3e-4 \
-	--seed 0 --num-threads 1
+	--center-rewards-coef 0.01 --seed 0 --num-threads 1
 train-reward: venv
 	$(PY) -m training.reward_model $(REWARD_ARGS) --publish-dir rlhf_demo/versions --name reward-v0 --replace \
 		--description "default reward model: seed pairs + HH-RLHF harmless (make train-reward)" $(ARGS)

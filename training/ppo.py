@@ -601,7 +601,9 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     if cfg.publish and best["step"] is not None:
         final = {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}
         card = {"kind": "policy", "parent": cfg.init_policy, "base_model": settings.base_model,
-                "reward_model": roles.reward_name, "trainer": "training.ppo (PPO-max)", "config": asdict(cfg),
+                "reward_model": roles.reward_name,
+                "reward_model_sha256": roles.scorer.card.get("files", {}).get("adapter_model.safetensors"),
+                "trainer": "training.ppo (PPO-max)", "config": asdict(cfg),
                 "data": {"prompts": cfg.prompts, "train_prompts": len(train_prompts), "val_prompts": len(val_prompts)},
                 "best_step": best["step"], "metrics": {"best": best, "final": final}, "stopped": stopped,
                 "command": "python -m training.ppo " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ppo.py") else None}
