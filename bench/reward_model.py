@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 def select_pairs(args, tokenizer):
     """Seed + HH pairs whose two conversations both fit --max-length; split by prompt."""
     pairs = load_pairs(["seed"] + ([f"hh={args.hh}"] if args.hh and Path(args.hh).exists() else []))
-    fits = [p for p in pairs if max(len(encode_conversation(tokenizer, p.conversation(w)))
-                                    for w in ("chosen", "rejected")) <= args.max_length]
+    fits = [p for p in pairs if p.chosen.strip() and p.rejected.strip()  # (a few HH answers are empty)
+            and max(len(encode_conversation(tokenizer, p.conversation(w))) for w in ("chosen", "rejected"))
+            <= args.max_length]
     train, held = split_by_prompt(fits, 0.3, args.seed)
 
     def mix(rows, n):

@@ -129,8 +129,11 @@ def validate_version_dir(path: Path) -> dict:
 class Registry:
     """Lists, validates and publishes versions from the package and the data directory."""
 
-    def __init__(self, versions_dir: Path, package_dir: Path | None = PACKAGE_VERSIONS):
+    def __init__(self, versions_dir: Path, package_dir: Path | None | str = "shipped"):
         self.versions_dir = Path(versions_dir)
+        if package_dir == "shipped":  # resolved at call time; RLHF_ARENA_PACKAGE_VERSIONS overrides ("" = none)
+            env = os.environ.get("RLHF_ARENA_PACKAGE_VERSIONS")
+            package_dir = PACKAGE_VERSIONS if env is None else (Path(env) if env else None)
         self.package_dir = Path(package_dir) if package_dir else None
         self.problems: dict[str, str] = {}
         self._cache: dict[tuple, dict] = {}

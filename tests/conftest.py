@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,18 @@ def shared_data(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (a user's clone has no ../shared/data)")
     return path
+
+
+# Tests see only the versions they publish, not the ones shipped in rlhf_demo/versions (which belong
+# to the embedded model) — in this process and in the apps and CLIs they start as subprocesses.
+os.environ["RLHF_ARENA_PACKAGE_VERSIONS"] = tempfile.mkdtemp(prefix="no-shipped-versions-")
+
+
+@pytest.fixture(autouse=True)
+def shipped_versions_on_request(request, monkeypatch):
+    """Mark a test `shipped_versions` to see rlhf_demo/versions."""
+    if request.node.get_closest_marker("shipped_versions"):
+        monkeypatch.delenv("RLHF_ARENA_PACKAGE_VERSIONS")
 
 
 @pytest.fixture(scope="session")

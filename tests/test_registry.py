@@ -86,3 +86,13 @@ def test_card_with_bad_kind_is_skipped(tiny_settings):
     (d / "card.json").write_text(json.dumps({"kind": "banana"}))
     reg = Registry(tiny_settings.versions_dir, package_dir=None)
     assert reg.names() == ["sft"] and "kind" in reg.problems["rlhf-v3"]
+
+
+@pytest.mark.shipped_versions
+def test_shipped_versions_are_complete_and_listed(tmp_path):
+    reg = Registry(tmp_path / "versions")
+    assert {"rlhf-v0"} <= set(reg.names("policy")) and "reward-v0" in reg.names("reward")
+    assert not reg.problems, reg.problems
+    card = reg.get("rlhf-v0").card
+    assert card["reward_model"] == "reward-v0"
+    assert card["reward_model_sha256"] == reg.get("reward-v0").card["files"]["adapter_model.safetensors"]
