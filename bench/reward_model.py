@@ -1,7 +1,7 @@
 """Reward-model training speed: ours (``training.reward_model``) against TRL's ``RewardTrainer``.
 
     .venv/bin/pip install --no-deps trl==1.16.0     # bench only; NOT in requirements.txt
-    .venv/bin/python bench/reward_model.py [--pairs 240] [--eval-pairs 120] [--lora-layers 8]
+    .venv/bin/python bench/reward_model.py --num-threads 1 --ablation   # [--pairs 240] [--lora-layers 8]
 
 (trl 1.16.0's own dependencies — accelerate, datasets, transformers, pandas, pyarrow … — are
 already in requirements.txt, hence ``--no-deps``.)
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also give TRL length-grouped batches (its train_sampling_strategy='group_by_length')")
     p.add_argument("--num-threads", type=int, default=0,
                    help="torch CPU threads for both runs (0: torch's default) (default: %(default)s)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also run ours without the frozen-layer cache (packing + length grouping only)")
     p.add_argument("--skip-trl", action="store_true", help="only run ours (e.g. without trl installed)")
     p.add_argument("--no-write", dest="write", action="store_false", help="do not update bench/RESULTS.md")
     add_settings_args(p)
@@ -158,7 +160,7 @@ def run_trl(args, settings, train_pairs, eval_pairs, tokenizer, out_dir: Path) -
 # ---------------------------------------------------------------------------------------------
 # ours
 # ---------------------------------------------------------------------------------------------
-def run_ours(args, settings, train_pairs, eval_pairs, tokenizer, out_dir: Path) -> dict:
+def run_ours(args, settings, train_pairs, eval_pairs, tokenizer, out_dir: Path, cache: bool = True) -> dict:
     from training.reward_model import RewardConfig, encode_all, score_encoded, train
 
     data = write_jsonl(train_pairs, out_dir / "train.jsonl")
@@ -167,8 +169,8 @@ def run_ours(args, settings, train_pairs, eval_pairs, tokenizer, out_dir: Path) 
                           lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
                           lora_layers=args.lora_layers or None, bf16=args.bf16, learning_rate=args.learning_rate,
                           lr_scheduler="cosine", warmup_ratio=0.1, max_steps=steps, batch_size=args.batch_size,
-                          seed=args.seed, run_dir=out_dir / "ours", save_steps=0, logging_steps=max(1, steps),
-                          progress=False, publish=False)
+                          seed=args.seed, run_dir=out_dir / f"ours-{cache}", save_steps=0,
+                          logging_steps=max(1, steps), progress=False, publish=False, cache_frozen_layers=cache)
     c = time.process_time()
     result = train(config, settings)
     cpu = time.process_time() - c  # includes loading and tokenising (a little): an upper bound
@@ -204,18 +206,27 @@ def main(argv: list[str] | None = None) -> int:
             results["TRL RewardTrainer (trl 1.16.0)"] = run_trl(args, settings, train_pairs, eval_pairs, tokenizer, tmp)
         print("training with training.reward_model …", flush=True)
         results["ours (training.reward_model)"] = run_ours(args, settings, train_pairs, eval_pairs, tokenizer, tmp)
+        if args.ablation and args.lora_layers:
+            print("training with training.reward_model --no-cache-frozen-layers …", flush=True)
+            results["ours without the frozen-layer cache"] = run_ours(args, settings, train_pairs, eval_pairs,
+                                                                      tokenizer, tmp, cache=False)
     lines = ["| trainer | pairs/s (wall) | pairs/s (CPU time / threads) | held-out accuracy |", "|---|---:|---:|---:|"]
     threads = torch.get_num_threads()
     for name, r in results.items():
         lines.append(f"| {name} | {r['pairs'] / r['wall_s']:.2f} | {r['pairs'] / (r['cpu_s'] / threads):.2f} | "
                      f"{r['accuracy']:.3f} (n={len(eval_pairs)}) |")
     ratio_line = ""
-    if len(results) == 2:
-        trl, ours = results.values()
+    names = list(results)
+    if len(results) >= 2 and names[0].startswith("TRL"):
+        trl, ours = results[names[0]], results[names[1]]
         ratio = (ours["pairs"] / ours["wall_s"]) / (trl["pairs"] / trl["wall_s"])
         cpu_ratio = (ours["pairs"] / ours["cpu_s"]) / (trl["pairs"] / trl["cpu_s"])
         ratio_line = (f"**ours / TRL = {ratio:.2f}x** (wall clock; {cpu_ratio:.2f}x by CPU time, which is less "
                       f"sensitive to other load on the machine)")
+        if len(results) == 3:
+            plain = results[names[2]]
+            ratio_line += (f"; without the frozen-layer cache (packing + length grouping only): "
+                           f"{(plain['pairs'] / plain['wall_s']) / (trl['pairs'] / trl['wall_s']):.2f}x")
     table = "\n".join(lines)
     print(table)
     if ratio_line:
