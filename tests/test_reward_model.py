@@ -174,7 +174,7 @@ def test_checkpoints_are_pruned_and_a_corrupt_one_falls_back(tiny_settings, tmp_
             rm.head.linear.bias.fill_(float(step))
         ckpt.save_checkpoint(tmp_path, step, model=rm.model, adapters=["reward"], modules={"head": rm.head},
                              optimizer=opt, scheduler=sched, extra={"moments": {"count": step}}, keep_last=3)
-        saved[step] = float(rm.head.linear.bias)
+        saved[step] = float(rm.head.linear.bias.detach())
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [2, 3, 4]
     newest = ckpt.list_checkpoints(tmp_path)[-1][1]
     data = (newest / "module-head.safetensors").read_bytes()

@@ -473,6 +473,10 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
         rm = RewardModel.create(model, lcfg, kbit_training=settings.load_in_4bit,
                                 gradient_checkpointing=config.gradient_checkpointing)
     rm.train()
+    if config.bf16:  # under autocast peft's cast of each LoRA input to float32 only adds copies (same results)
+        for module in rm.model.modules():
+            if hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = False
     params = rm.trainable_parameters()
     lora_params = [p for n, p in params if not n.startswith("head.")]
     head_params = [p for n, p in params if n.startswith("head.")]
