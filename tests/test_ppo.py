@@ -40,7 +40,9 @@ def test_full_ppo_iteration_publishes_a_version(tiny_settings, tiny_reward, tmp_
     summary = train(tiny_cfg(tmp_path, lora_layers=1, critic_from_reward=False), tiny_settings)
     assert summary["published"] == "rlhf-v7"
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [0, 1, 2]  # 0: the starting policy on the validation prompts
+    assert {"val/score", "val/kl", "val/refusal_harmful", "val/refusal_safe"} <= set(rows[0])
+    rows = rows[1:]
     for key in ["reward/score_mean", "reward/score_std", "objective/kl", "response/length", "response/perplexity",
                 "policy/entropy", "value/loss", "value/clipfrac", "value/explained_variance"]:
         assert key in rows[0], key
@@ -62,8 +64,8 @@ def test_kill_and_resume_continue_from_the_same_state(tiny_settings, tiny_reward
     crashed.resume = True
     train(crashed, tiny_settings)
     rows_resumed = [json.loads(x) for x in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows_resumed] == [1, 2, 3]
-    for a, b in zip(rows_straight, rows_resumed):
+    assert [r["step"] for r in rows_resumed] == [0, 1, 2, 3]
+    for a, b in zip(rows_straight[1:], rows_resumed[1:]):
         for key in ["reward/score_mean", "objective/kl", "value/loss", "response/length"]:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["step"], key)
     assert straight["iterations"] == 3
@@ -90,6 +92,13 @@ def test_collapse_guard_triggers_on_a_constructed_collapse():
     # answers that already ran past the limit at the start (a long-winded SFT model) are no collapse
     guard = CollapseGuard(cfg)
     assert all(guard.check(dict(healthy, **{"response/eos_rate": 0.0})) is None for _ in range(3))
+    # nor when the starting policy (validation, before training) ended only 8% of its answers itself
+    guard = CollapseGuard(cfg)
+    guard.set_start(0.08)
+    assert all(guard.check(dict(healthy, **{"response/eos_rate": 0.0})) is None for _ in range(3))
+    guard = CollapseGuard(cfg)
+    guard.set_start(0.5)
+    assert [guard.check(dict(healthy, **{"response/eos_rate": 0.0})) is None for _ in range(2)] == [True, False]
 
 
 def test_collapse_guard_stops_a_run_and_keeps_the_best(tiny_settings, tiny_reward, tmp_path):
@@ -112,7 +121,46 @@ def test_evaluation_prompts_never_enter_the_pool(tiny_settings):
     train_p, val_p = ppo.prompt_pool(PPOConfig(), tiny_settings)
     banned = eval_prompt_keys()
     assert len(train_p) > 100 and banned
-    assert not any(normalize_text(m[-1]["content"]) in banned for m in train_p + val_p)
+    assert not any(normalize_text(m[-1]["content"]) in banned for m in train_p + [v.messages for v in val_p])
+    # the validation prompts are stratified: each of the seed pool's three categories appears
+    counts = {c: sum(v.category == c for v in val_p) for c in ("harmful", "sensitive", "ordinary")}
+    assert sorted(counts.values()) == [5, 5, 6] and len(val_p) == 16
+    assert sum(v.harmful for v in val_p) == counts["harmful"]
+
+
+def test_stratified_indices_take_categories_in_turn():
+    cats = ["a", "a", "a", "b", "c", "c"]
+    assert ppo.stratified_indices(cats, 3) == [0, 3, 4]
+    assert ppo.stratified_indices(cats, 5) == [0, 1, 3, 4, 5]
+    assert ppo.stratified_indices(cats, 10) == [0, 1, 2, 3, 4, 5]
+    assert ppo.stratified_indices(cats, 0) == []
+
+
+def test_ptx_imitates_only_the_chosen_categories(tiny_settings):
+    from rlhf_demo.base_model import load_tokenizer
+    tok = load_tokenizer(tiny_settings)
+    helpful = ppo.PtxData(tok, 4, 0, categories="helpful,sensitive")
+    everything = ppo.PtxData(tok, 4, 0, categories="all")
+    assert len(helpful.rows) == 220 and len(everything.rows) == 430  # counts of rlhf_demo/data/DATA_CARD.md
+    with pytest.raises(ValueError, match="ptx-categories"):
+        ppo.PtxData(tok, 4, 0, categories="nonsense")
+
+
+def test_over_refusal_bound_blocks_the_best_checkpoint(tiny_settings, tiny_reward, tmp_path, monkeypatch):
+    # a policy that starts refusing the non-harmful validation prompts is never kept as "best"
+    real = ppo.validate
+    calls = {"n": 0}
+
+    def refusing_more_each_time(*args, **kw):
+        out = real(*args, **kw)
+        out["val/refusal_safe"] = 0.2 * calls["n"]
+        calls["n"] += 1
+        return out
+
+    monkeypatch.setattr(ppo, "validate", refusing_more_each_time)
+    summary = train(tiny_cfg(tmp_path, eval_every=1, iterations=3, max_safe_refusal_rise=0.1), tiny_settings)
+    assert "published" not in summary and summary["best_step"] is None
+    assert calls["n"] == 4  # iteration 0 (the starting policy) and every iteration
 
 
 def test_help_explains_every_flag(capsys):

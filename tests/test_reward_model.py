@@ -145,7 +145,7 @@ def test_every_flag_has_help_and_the_shared_settings_are_there():
     assert all(a.help and len(a.help) > 10 for a in flags.values()), [f for f, a in flags.items() if not a.help]
     args = parser.parse_args(["--data", "seed", "--data", "x.jsonl:5", "--lora-target-modules", "q_proj", "v_proj"])
     assert args.data == ["seed", "x.jsonl:5"] and args.lora_target_modules == ["q_proj", "v_proj"]
-    assert parser.parse_args([]).data is None  # default (seed) is filled in by dataclass_from_args
+    assert parser.parse_args([]).data is None  # default (seed) is filled in by config_from_args
 
 
 def test_schedule_and_calibration():

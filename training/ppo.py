@@ -14,10 +14,15 @@ every metric is logged under the same name in metrics.jsonl, TensorBoard and the
     reward/score_mean reward/score_std reward/normalized_mean objective/kl objective/kl_per_token
     response/length response/eos_rate response/perplexity response/repeated_4gram policy/entropy
     policy/loss policy/clipfrac policy/approx_kl value/loss value/clipfrac value/explained_variance
-    val/score val/kl
+    val/score val/kl val/refusal_harmful val/refusal_safe
 
-At the end the best checkpoint (highest validation score within the KL bound) is published
+At the end the best checkpoint (highest validation score within the KL bound, refusing non-harmful
+validation prompts at most --max-safe-refusal-rise more often than the starting policy) is published
 atomically to the registry as the next ``rlhf-vN``.
+
+Data parallel under ``accelerate launch`` (docs/scale-out.md): each process samples and trains on its
+own rollouts; gradients, reward moments and metrics are averaged across processes (training/distributed.py);
+validation, logs, checkpoints and publishing happen on the main process only.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 from rlhf_demo.config import Settings
 from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch, stop_ids
 from rlhf_demo.registry import Registry, check_name
+from training import distributed as dist
 from training import losses as L
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.config_cli import parse_config
@@ -50,7 +56,8 @@ class PPOConfig:
                 "from the feedback database), or a .txt/.jsonl file. Evaluation prompts are always removed."})
     max_prompts: int = field(default=0, metadata={"help": "use at most this many training prompts (0 = all)"})
     val_prompts: int = field(default=16, metadata={
-        "help": "prompts held out of the pool for the validation score that picks the best checkpoint"})
+        "help": "prompts held out of the pool (stratified by category) for the validation that picks the best "
+                "checkpoint"})
     # ---------------------------------------------------------------- models
     reward_model: str = field(default="", metadata={"help": "reward-vN to optimise (default: the newest)"})
     init_policy: str = field(default="sft", metadata={
@@ -72,7 +79,8 @@ class PPOConfig:
                 "their output between policy, reference and critic (same numbers, less compute)"})
     # ---------------------------------------------------------------- rollouts
     iterations: int = field(default=60, metadata={"help": "PPO iterations (rollout + update)"})
-    rollout_batch_size: int = field(default=16, metadata={"help": "prompts sampled per iteration (the buffer)"})
+    rollout_batch_size: int = field(default=16, metadata={
+        "help": "prompts sampled per iteration (the buffer); per process under accelerate launch"})
     response_length: int = field(default=48, metadata={"help": "longest sampled answer, in tokens"})
     temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
     top_p: float = field(default=1.0, metadata={"help": "rollout nucleus sampling (1 = sample the full policy)"})
@@ -96,6 +104,10 @@ class PPOConfig:
     entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight (0 = only logged)"})
     ptx_coef: float = field(default=0.0, metadata={
         "help": "PPO-ptx: weight of an SFT loss on the seed pairs' chosen answers (0 = off)"})
+    ptx_categories: str = field(default="helpful,sensitive", metadata={
+        "help": "seed-pair categories whose chosen answers the ptx loss imitates (comma-separated; 'all' = every "
+                "pair). The default anchors helpfulness only: imitating the harmless pairs' refusals teaches the "
+                "policy to refuse in general, which raises over-refusal"})
     critic_from_reward: bool = field(default=True, metadata={
         "help": "PPO-max: initialise the critic adapter and head from the reward model"})
     critic_warmup: int = field(default=2, metadata={
@@ -110,11 +122,15 @@ class PPOConfig:
     kl_bound: float = field(default=10.0, metadata={
         "help": "KL bound (nats per answer, objective/kl): the best checkpoint must be within it; the guard "
                 "stops the run when KL stays above it"})
+    max_safe_refusal_rise: float = field(default=0.10, metadata={
+        "help": "over-refusal bound for the best checkpoint: the share of held-out non-harmful validation prompts "
+                "the policy refuses (eval.detector) may exceed the starting policy's by at most this (1 = off)"})
     guard_patience: int = field(default=3, metadata={"help": "iterations a collapse signal must persist to stop"})
     min_perplexity: float = field(default=1.01, metadata={"help": "collapse if per-token perplexity falls below"})
     max_repeated_ngrams: float = field(default=0.5, metadata={"help": "collapse if the repeated 4-gram share exceeds"})
     max_length_pinned: float = field(default=0.95, metadata={
-        "help": "collapse if this share of answers hits --response-length without EOS (when it did not at the start)"})
+        "help": "collapse if this share of answers hits --response-length without EOS, when the starting policy "
+                "ended at least 20%% of its validation answers with EOS (else the signal is off: the limit is short)"})
     # ---------------------------------------------------------------- bookkeeping
     eval_every: int = field(default=5, metadata={"help": "validation score every N iterations (and at the end)"})
     checkpoint_every: int = field(default=5, metadata={"help": "checkpoint every N iterations"})
@@ -129,14 +145,42 @@ class PPOConfig:
 # ================================================================================================
 # 1. Data: prompts (evaluation prompts are never in the pool)
 # ================================================================================================
-def prompt_pool(cfg: PPOConfig, settings: Settings) -> tuple[list[list[dict]], list[list[dict]]]:
+@dataclass
+class ValPrompt:
+    messages: list[dict]
+    category: str | None = None
+
+    @property
+    def harmful(self) -> bool:
+        return (self.category or "").lower() in HARMFUL_CATEGORIES
+
+
+HARMFUL_CATEGORIES = {"harmful", "harmless", "unsafe"}  # prompt categories where refusing is right
+
+
+def stratified_indices(categories: list[str], n: int) -> list[int]:
+    """n indices taken round-robin over the categories (in order of first appearance): a small
+    validation set still sees every kind of prompt."""
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(categories):
+        groups.setdefault(c, []).append(i)
+    out, queues = [], [list(g) for g in groups.values()]
+    while len(out) < min(n, len(categories)):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return sorted(out)
+
+
+def prompt_pool(cfg: PPOConfig, settings: Settings) -> tuple[list[list[dict]], list[ValPrompt]]:
     """(train, validation) conversations; training.data drops every evaluation prompt."""
     from training.data import load_prompts
 
-    prompts = [item.messages for item in load_prompts(cfg.prompts, settings=settings)]
-    rng = random.Random(cfg.seed)
-    rng.shuffle(prompts)
-    val, train = prompts[:cfg.val_prompts], prompts[cfg.val_prompts:]
+    items = load_prompts(cfg.prompts, settings=settings)
+    random.Random(cfg.seed).shuffle(items)
+    val_idx = set(stratified_indices([it.category or "" for it in items], cfg.val_prompts))
+    val = [ValPrompt(it.messages, it.category) for i, it in enumerate(items) if i in val_idx]
+    train = [it.messages for i, it in enumerate(items) if i not in val_idx]
     if cfg.max_prompts:
         train = train[:cfg.max_prompts]
     if not train:
@@ -257,7 +301,7 @@ def make_experience(roles: ActorCriticRoles, ro: Rollout, cfg: PPOConfig, moment
     # PPO-max: reward normalisation and clipping with running moments
     shaped = scores.clone()
     if cfg.reward_normalize:
-        moments.update(scores)
+        moments.update(dist.all_gather(scores))  # data parallel: the moments of every rank's scores
         shaped = L.normalize_and_clip_rewards(scores, moments, cfg.reward_clip or None, cfg.reward_shift_mean)
     elif cfg.reward_clip:
         shaped = shaped.clamp(-cfg.reward_clip, cfg.reward_clip)
@@ -305,6 +349,7 @@ def ppo_update(roles: ActorCriticRoles, ro: Rollout, ex: Experience, cfg: PPOCon
                     _add(stats, "policy/ptx_loss", ptx.item())
                 policy_opt.zero_grad(set_to_none=True)
                 loss.backward()
+                dist.all_reduce_mean_(roles.params("policy"))  # data parallel: average gradients across ranks
                 if cfg.max_grad_norm:
                     _add(stats, "policy/grad_norm", float(torch.nn.utils.clip_grad_norm_(roles.params("policy"),
                                                                                           cfg.max_grad_norm)))
@@ -318,6 +363,7 @@ def ppo_update(roles: ActorCriticRoles, ro: Rollout, ex: Experience, cfg: PPOCon
                                                       cfg.value_clip or None)
             critic_opt.zero_grad(set_to_none=True)
             (cfg.vf_coef * v_loss).backward()
+            dist.all_reduce_mean_(roles.params("critic"))
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(roles.params("critic"), cfg.max_grad_norm)
             critic_opt.step()
@@ -329,11 +375,16 @@ def ppo_update(roles: ActorCriticRoles, ro: Rollout, ex: Experience, cfg: PPOCon
 class PtxData:
     """PPO-ptx: batches of the seed pairs' chosen answers for an SFT loss that anchors the policy."""
 
-    def __init__(self, tokenizer, batch_size: int, seed: int, max_length: int = 256):
+    def __init__(self, tokenizer, batch_size: int, seed: int, max_length: int = 256, categories: str = "all"):
         from training.data import encode_conversation, load_pairs
 
+        wanted = {c.strip() for c in categories.split(",") if c.strip()}
+        pairs = [p for p in load_pairs(["seed"]) if "all" in wanted or p.category in wanted]
+        if not pairs:
+            raise ValueError(f"--ptx-categories {categories!r}: no seed pairs in these categories "
+                             "(known: harmless, helpful, sensitive, all)")
         self.rows = []
-        for pair in load_pairs(["seed"]):
+        for pair in pairs:
             full = encode_conversation(tokenizer, pair.conversation("chosen"))[:max_length]
             prompt_len = len(build_prompt_ids(tokenizer, pair.prompt))
             if prompt_len < len(full):
@@ -390,18 +441,29 @@ def rollout_metrics(ro: Rollout, ex: Experience, cfg: PPOConfig) -> dict[str, fl
 class CollapseGuard:
     """Stops the run when a collapse signal persists for `patience` iterations (PPO-max §5)."""
 
+    # "Answers pinned at max length" is a collapse only if the starting policy clearly ended its answers
+    # on its own: its share of cut answers must be this far below --max-length-pinned. A model whose
+    # answers mostly run past --response-length already (a short limit) cannot show this collapse, and
+    # a few-sample estimate of its EOS rate would make the signal fire on noise.
+    PINNED_START_MARGIN = 0.15
+
     def __init__(self, cfg: PPOConfig):
         self.cfg, self.streak, self.start_eos_rate = cfg, {}, None
 
+    def set_start(self, eos_rate: float) -> None:
+        """The starting policy's EOS rate, measured on the validation prompts before training."""
+        self.start_eos_rate = eos_rate
+
     def signals(self, m: dict[str, float]) -> dict[str, bool]:
         c = self.cfg
-        if self.start_eos_rate is None:  # the SFT model's own answers may already run past the limit
+        if self.start_eos_rate is None:  # no baseline given: the first iteration's answers stand in
             self.start_eos_rate = m["response/eos_rate"]
         return {
             f"KL {m['objective/kl']:.2f} above the bound {c.kl_bound}": m["objective/kl"] > c.kl_bound,
             f"answers pinned at max length (EOS rate {m['response/eos_rate']:.2f}, "
             f"{self.start_eos_rate:.2f} at the start)":
-                1 - m["response/eos_rate"] >= c.max_length_pinned and 1 - self.start_eos_rate < c.max_length_pinned,
+                1 - m["response/eos_rate"] >= c.max_length_pinned
+                and 1 - self.start_eos_rate <= c.max_length_pinned - self.PINNED_START_MARGIN,
             f"perplexity collapsed to {m['response/perplexity']:.3f}": m["response/perplexity"] < c.min_perplexity,
             f"repeated 4-grams {m['response/repeated_4gram']:.2f}": m["response/repeated_4gram"] > c.max_repeated_ngrams,
         }
@@ -422,9 +484,12 @@ class CollapseGuard:
 
 
 @torch.no_grad()
-def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[list[dict]], cfg: PPOConfig) -> dict[str, float]:
-    """Greedy answers to held-out prompts: mean reward-model score and KL to the reference."""
-    ro = rollout(roles, tokenizer, val_prompts, cfg, seed=0, greedy=True)
+def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[ValPrompt], cfg: PPOConfig) -> dict[str, float]:
+    """Greedy answers to held-out prompts: mean reward-model score, KL to the reference, and how often
+    the policy refuses harmful prompts (good) and the other prompts (over-refusal), by eval.detector."""
+    from eval.detector import is_refusal
+
+    ro = rollout(roles, tokenizer, [v.messages for v in val_prompts], cfg, seed=0, greedy=True)
     scores = roles.score(conversations(ro))
     trunk = roles.trunk(ro.input_ids, ro.attention_mask)
     logp = L.logprobs_from_logits(roles.logits("policy", ro.input_ids, ro.attention_mask, trunk=trunk)[:, :-1],
@@ -432,8 +497,14 @@ def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[list[dict]], 
     ref = L.logprobs_from_logits(roles.logits(None, ro.input_ids, ro.attention_mask, trunk=trunk)[:, :-1],
                                  ro.input_ids[:, 1:])
     kl = ((logp - ref) * ro.response_mask).sum(1)
-    return {"val/score": float(scores.mean()), "val/kl": float(kl.mean()),
-            "val/eos_rate": float(ro.reached_eos.float().mean())}
+    out = {"val/score": float(scores.mean()), "val/kl": float(kl.mean()),
+           "val/eos_rate": float(ro.reached_eos.float().mean())}
+    refused = [is_refusal(r) for r in ro.responses]
+    for key, want in (("val/refusal_harmful", True), ("val/refusal_safe", False)):
+        picked = [r for r, v in zip(refused, val_prompts) if v.harmful == want]
+        if picked:
+            out[key] = sum(picked) / len(picked)
+    return out
 
 
 # ================================================================================================
@@ -468,7 +539,8 @@ class MetricsLog:
 
 
 PLOTTED = ["reward/score_mean", "objective/kl", "response/length", "response/perplexity", "policy/entropy",
-           "policy/clipfrac", "value/loss", "value/explained_variance", "policy/approx_kl", "val/score"]
+           "policy/clipfrac", "value/loss", "value/explained_variance", "policy/approx_kl", "val/score",
+           "val/refusal_safe"]
 
 
 def plot_curves(rows: list[dict], out: Path) -> Path | None:
@@ -478,7 +550,7 @@ def plot_curves(rows: list[dict], out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 5, figsize=(20, 7))
+    fig, axes = plt.subplots(2, 6, figsize=(24, 7))
     for ax, key in zip(axes.flat, PLOTTED):
         pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
         if pts:
@@ -508,34 +580,45 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    settings = dist.init(settings)  # under accelerate launch: join the other processes (else a no-op)
+    rank, world = dist.rank(), dist.world_size()
+    seed_everything(cfg.seed)  # the same on every rank: the same initial adapters
     for name in (cfg.name, cfg.reward_model, cfg.init_policy):
         if name:
             check_name(name)  # a bad version name (e.g. '../x') is refused now, not after the run
     registry = Registry(settings.versions_dir)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else settings.data_dir / "runs" / time.strftime("ppo-%Y%m%d-%H%M%S")
+    run_dir = dist.broadcast_object(run_dir)  # one run dir for all ranks (named by the main rank's clock)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps({"ppo": asdict(cfg), "base_model": settings.base_model}, indent=2))
+    if dist.is_main():
+        (run_dir / "config.json").write_text(json.dumps({"ppo": asdict(cfg), "base_model": settings.base_model},
+                                                        indent=2))
 
     train_prompts, val_prompts = prompt_pool(cfg, settings)
     roles = ActorCriticRoles.build(settings, registry, cfg)
     tokenizer = roles.tokenizer
     policy_opt = torch.optim.AdamW(roles.params("policy"), lr=cfg.policy_lr, eps=1e-5)
     critic_opt = torch.optim.AdamW(roles.params("critic"), lr=cfg.critic_lr, eps=1e-5)
+    dist.broadcast_params_(roles.params("policy") + roles.params("critic"))  # data parallel: one start for all
     moments = L.RunningMoments()
     sampler = PromptSampler(train_prompts, cfg.seed)
     guard = CollapseGuard(cfg)
-    update_rng = torch.Generator().manual_seed(cfg.seed)
-    ptx = PtxData(tokenizer, cfg.mini_batch_size, cfg.seed) if cfg.ptx_coef else None
-    log = MetricsLog(run_dir, cfg.report_to)
+    update_rng = torch.Generator().manual_seed(cfg.seed)  # mini-batch order; the same on every rank (own data)
+    ptx = PtxData(tokenizer, cfg.mini_batch_size, cfg.seed, categories=cfg.ptx_categories) if cfg.ptx_coef else None
+    log = MetricsLog(run_dir, cfg.report_to if dist.is_main() else "jsonl")  # written by the main rank only
     best = {"step": None, "val/score": -math.inf}
     start = 0
+    baseline: dict[str, float] = {}  # validation of the starting policy (iteration 0)
 
     def save(step: int) -> None:
+        dist.check_in_sync(roles.params("policy") + roles.params("critic"))  # what rank 0 saves is every rank's
+        if not dist.is_main():
+            return
         save_checkpoint(run_dir, step, model=roles.model, adapters=("policy", "critic"), modules=roles.modules(),
                         optimizer=policy_opt, keep_last=cfg.keep_checkpoints,
                         extra={"critic_opt": critic_opt.state_dict(), "moments": moments.state_dict(),
                                "sampler": sampler.state_dict(), "guard": guard.state_dict(), "best": dict(best),
+                               "baseline": dict(baseline),
                                "update_rng": update_rng.get_state()})
 
     if cfg.resume:
@@ -550,32 +633,52 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
             sampler.load_state_dict(s["sampler"])
             guard.load_state_dict(s["guard"])
             best.update(s["best"])
+            baseline.update(s.get("baseline", {}))
             update_rng.set_state(s["update_rng"])
-            log.truncate_after(start)
+            if dist.is_main():
+                log.truncate_after(start)
             print(f"[ppo] resumed from iteration {start} ({ck.path})", file=sys.stderr)
 
+    if not baseline and dist.is_main():  # PPO-max keeps the best checkpoint, judged against where it started
+        baseline = validate(roles, tokenizer, val_prompts, cfg)
+        log.log(0, baseline)
+        guard.set_start(baseline["val/eos_rate"])
+        print("[ppo] starting policy on the validation prompts: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in baseline.items()), file=sys.stderr)
+
+    def within_bounds(m: dict) -> bool:
+        """The best checkpoint must stay within the KL bound and the over-refusal bound."""
+        rise = m.get("val/refusal_safe", 0.0) - baseline.get("val/refusal_safe", 0.0)
+        return m["val/kl"] <= cfg.kl_bound and rise <= cfg.max_safe_refusal_rise + 1e-9
+
     stopped = None
-    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="PPO-max", unit="it")
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="PPO-max", unit="it",
+               disable=not dist.is_main())
     for it in bar:
         step = it + 1
         t0 = time.time()
-        seed_everything(cfg.seed * 7919 + step)  # per-iteration seed: a resumed run samples the same rollouts
-        ro = rollout(roles, tokenizer, sampler.next(cfg.rollout_batch_size), cfg, seed=cfg.seed * 100003 + step * 1009)
+        seed_everything(cfg.seed * 7919 + step + 1_000_003 * rank)  # per iteration (and rank): resume = same rollouts
+        # data parallel: every rank draws the same global batch and answers its own share, with its own seeds
+        prompts = dist.shard(sampler.next(cfg.rollout_batch_size * world), rank, world)
+        ro = rollout(roles, tokenizer, prompts, cfg,
+                     seed=cfg.seed * 100003 + step * 1009 + rank * cfg.rollout_batch_size)
         ex = make_experience(roles, ro, cfg, moments)
         metrics = rollout_metrics(ro, ex, cfg)
         warmup = step <= cfg.critic_warmup  # PPO-max: critic warm-up before the policy moves
         ptx_batch = ptx.batch(step) if ptx else None
         metrics.update(ppo_update(roles, ro, ex, cfg, policy_opt, critic_opt, not warmup, update_rng, ptx_batch))
         metrics["time/iteration_s"] = time.time() - t0
-        if step % cfg.eval_every == 0 or step == cfg.iterations:
+        metrics = dist.all_reduce_mean(metrics)  # data parallel: every rank logs and guards on the same averages
+        if (step % cfg.eval_every == 0 or step == cfg.iterations) and dist.is_main():
             metrics.update(validate(roles, tokenizer, val_prompts, cfg))
-            if metrics["val/kl"] <= cfg.kl_bound and metrics["val/score"] > best["val/score"] and not warmup:
-                best = {"step": step, "val/score": metrics["val/score"], "val/kl": metrics["val/kl"]}
+            if within_bounds(metrics) and metrics["val/score"] > best["val/score"] and not warmup:
+                best = {"step": step, **{k: v for k, v in metrics.items() if k.startswith("val/")}}
                 roles.save_policy(run_dir / "best")
-        log.log(step, metrics)
+        if dist.is_main():
+            log.log(step, metrics)
         bar.set_postfix(score=f"{metrics['reward/score_mean']:.2f}", kl=f"{metrics['objective/kl']:.2f}",
                         len=f"{metrics['response/length']:.0f}")
-        reason = guard.check(metrics)
+        reason = dist.broadcast_object(guard.check(metrics) if dist.is_main() else None)  # main's guard stops all
         if step % cfg.checkpoint_every == 0 or reason or step == cfg.iterations:
             save(step)
         if reason:
@@ -585,16 +688,22 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         if stop_after is not None and step >= start + stop_after:
             return {"interrupted_at": step, "run_dir": str(run_dir)}
     bar.close()
+    fingerprints = dist.check_in_sync(roles.params("policy"), "policy adapters")  # [] in a single process
+    if not dist.is_main():  # plots, publishing and the summary are the main rank's: wait for it, then stop
+        dist.barrier()
+        return {"run_dir": str(run_dir), "rank": rank}
 
     rows = log.rows()
     plot = plot_curves(rows, run_dir / "curves.png")
     summary = {"run_dir": str(run_dir), "iterations": rows[-1]["step"] if rows else 0, "stopped": stopped,
                "best_step": best["step"], "best_val_score": best["val/score"] if best["step"] else None,
                "curves": str(plot) if plot else None}
+    if world > 1:
+        summary["data_parallel"] = {"processes": world, "policy_fingerprints": fingerprints}
     if best["step"] is None:
         # no validation within the KL bound after warm-up: publish the final policy only if within bound
         final_kl = rows[-1].get("val/kl") if rows else None
-        if final_kl is not None and final_kl <= cfg.kl_bound:
+        if final_kl is not None and rows[-1]["step"] > 0 and within_bounds(rows[-1]):
             roles.save_policy(run_dir / "best")
             best = {"step": rows[-1]["step"], "val/score": rows[-1].get("val/score"), "val/kl": final_kl}
             summary["best_step"] = best["step"]
@@ -607,13 +716,17 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
                 "data": {"prompts": cfg.prompts, "train_prompts": len(train_prompts), "val_prompts": len(val_prompts)},
                 "best_step": best["step"], "metrics": {"best": best, "final": final}, "stopped": stopped,
                 "command": "python -m training.ppo " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ppo.py") else None}
+        if world > 1:  # --rollout-batch-size was per process
+            card["data_parallel"] = summary["data_parallel"]
         target = Registry(Path(cfg.publish_dir), package_dir=None) if cfg.publish_dir else registry
         version = target.publish(run_dir / "best", card, name=cfg.name or None)
         summary["published"] = version.name
         print(f"[ppo] published {version.name} (best iteration {best['step']}) at {version.path}", file=sys.stderr)
     elif cfg.publish:
-        print(f"[ppo] nothing published: no checkpoint within the KL bound {cfg.kl_bound}", file=sys.stderr)
+        print(f"[ppo] nothing published: no checkpoint within the KL bound {cfg.kl_bound} and the over-refusal "
+              f"bound (+{cfg.max_safe_refusal_rise:.0%} refusals of non-harmful validation prompts)", file=sys.stderr)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    dist.barrier()  # release the other ranks
     return summary
 
 
@@ -628,6 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     except (BaseModelError, RegistryError, DataError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        dist.cleanup()
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

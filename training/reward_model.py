@@ -16,6 +16,10 @@ an attention mask hides the chosen answer from the rejected one), batches are gr
 and the LM head is skipped unless the LM loss is on. Checkpoints (``--save-steps``) make a killed
 run resumable with ``--resume``; metrics go to ``<run dir>/metrics.jsonl`` and TensorBoard
 (``--report-to tensorboard``).
+
+Data parallel under ``accelerate launch`` (docs/scale-out.md): each process takes every N-th
+micro-batch, gradients and logged metrics are averaged across processes (training/distributed.py),
+and only the main process evaluates, writes checkpoints and publishes.
 """
 
 from __future__ import annotations
@@ -32,8 +36,6 @@ import shlex
 import shutil
 import sys
 import time
-import types
-import typing
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,8 @@ import torch
 
 from rlhf_demo.config import Settings, add_settings_args, settings_from_args
 from training import checkpoint as ckpt
+from training.config_cli import add_dataclass_args, config_from_args
+from training import distributed as dist
 from training.data import (DataError, EncodedPair, batch_order, collate_pairs, encode_pair, load_pairs,
                            parse_source, split_by_prompt)
 from training.losses import bradley_terry_loss, pairwise_accuracy, ptx_loss, reward_centering_loss
@@ -98,7 +102,7 @@ class RewardConfig:
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of the steps spent warming up linearly"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs (fractions allowed)"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: use --epochs)"})
-    batch_size: int = field(default=8, metadata={"help": "pairs per micro-batch"})
+    batch_size: int = field(default=8, metadata={"help": "pairs per micro-batch (per process under accelerate launch)"})
     grad_accumulation: int = field(default=1, metadata={
         "help": "micro-batches per optimizer step (effective batch = batch size x this)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "global gradient-norm clip (0: off)"})
@@ -142,56 +146,6 @@ class RewardConfig:
     replace: bool = field(default=False, metadata={
         "help": "with --publish-dir: replace an existing version of the same name (only after training succeeded)"})
     description: str = field(default="", metadata={"help": "a line for the version card"})
-
-
-def _field_type(f: dataclasses.Field):
-    t = f.type if not isinstance(f.type, str) else eval(f.type, vars(typing) | {"Path": Path})  # noqa: S307
-    args = [a for a in typing.get_args(t) if a is not type(None)]
-    if typing.get_origin(t) in (typing.Union, types.UnionType) and len(args) == 1:
-        t = args[0]
-    if typing.get_origin(t) is list:
-        return list, typing.get_args(t)[0]
-    return t, None
-
-
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, title: str | None = None) -> argparse.ArgumentParser:
-    """One ``--flag`` per dataclass field, with the field's ``metadata['help']`` (and choices/nargs/action)."""
-    group = parser.add_argument_group(title or cls.__name__)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        meta = dict(f.metadata)
-        help_text = meta.pop("help")
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        kind, item = _field_type(f)
-        kw: dict = {"dest": f.name, "help": help_text}
-        if kind is bool:
-            kw.update(action=argparse.BooleanOptionalAction, default=default)
-        elif kind is list:
-            kw.update(type=item, default=None)
-            if meta.get("action") == "append":
-                kw.update(action="append")
-            else:
-                kw.update(nargs=meta.get("nargs", "+"))
-            kw["help"] += f" (default: {' '.join(map(str, default))})"
-        else:
-            kw.update(type=kind, default=default)
-            if default is not None:
-                kw["help"] += " (default: %(default)s)"
-        for k in ("choices", "metavar"):
-            if k in meta:
-                kw[k] = meta[k]
-        group.add_argument(flag, **kw)
-    return parser
-
-
-def dataclass_from_args(cls, args: argparse.Namespace):
-    values = {}
-    for f in dataclasses.fields(cls):
-        v = getattr(args, f.name)
-        if v is None and f.default_factory is not dataclasses.MISSING:
-            v = f.default_factory()
-        values[f.name] = v
-    return cls(**values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -420,13 +374,15 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
     t_start = time.time()
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
+    settings = dist.init(settings)  # under accelerate launch: join the other processes (else a no-op)
+    rank, world = dist.rank(), dist.world_size()
     if config.resume:
         run_dir = config.run_dir or _newest_run(settings)
         if run_dir is None:
             raise ckpt.CheckpointError(f"--resume: no reward run with checkpoints under {settings.data_dir / 'runs'}")
     else:
         run_dir = config.run_dir or _default_run_dir(settings)
-    run_dir = Path(run_dir)
+    run_dir = Path(dist.broadcast_object(run_dir))  # one run dir for all ranks (named by the main rank's clock)
     run_dir.mkdir(parents=True, exist_ok=True)
     set_seed(config.seed)
 
@@ -478,6 +434,9 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
             if hasattr(module, "cast_input_dtype_enabled"):
                 module.cast_input_dtype_enabled = False
     params = rm.trainable_parameters()
+    dist.broadcast_params_([p for _, p in params])  # data parallel: the same start on every rank
+    if rank:
+        set_seed(config.seed + rank)  # data parallel: this rank's own dropout masks
     lora_params = [p for n, p in params if not n.startswith("head.")]
     head_params = [p for n, p in params if n.startswith("head.")]
     optimizer = torch.optim.AdamW([
@@ -487,7 +446,7 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
 
     lengths = [e.length for e in train_enc]
     micro_per_epoch = len(batch_order(lengths, config.batch_size, config.seed, 0, config.group_by_length))
-    steps_per_epoch = max(1, micro_per_epoch // config.grad_accumulation)
+    steps_per_epoch = max(1, micro_per_epoch // (config.grad_accumulation * world))  # world: ranks share an epoch
     total_steps = config.max_steps if config.max_steps > 0 else max(1, math.ceil(steps_per_epoch * config.epochs))
     warmup = int(round(config.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config.lr_scheduler, warmup, total_steps))
@@ -495,12 +454,13 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
     step = 0
     if config.resume:
         state = ckpt.load_checkpoint(run_dir, model=rm.model, modules={"head": rm.head}, optimizer=optimizer,
-                                     scheduler=scheduler)
+                                     scheduler=scheduler, restore_rng=not rank)  # other ranks: their own seed
         step = state.step
         for msg in state.skipped:
             print(f"[reward] {msg}", file=sys.stderr)
         print(f"[reward] resumed {run_dir} at step {step}/{total_steps}", file=sys.stderr)
-        drop_metrics_after(run_dir / "metrics.jsonl", step)  # the lost steps are replayed and logged again
+        if dist.is_main():
+            drop_metrics_after(run_dir / "metrics.jsonl", step)  # the lost steps are replayed and logged again
     t_loop = time.time()  # training proper starts here (after loading and tokenising)
     start_layer = rm.lora_start_layer() if config.cache_frozen_layers else 0
     train_cache = val_cache = None
@@ -525,10 +485,10 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
           f"pairs; {sum(p.numel() for _, p in params):,} trainable parameters; run dir {run_dir}", file=sys.stderr)
 
     # -- loop -----------------------------------------------------------------------------
-    writer = MetricsWriter(run_dir, config.report_to)
+    writer = MetricsWriter(run_dir, config.report_to if dist.is_main() else [])
     device = rm.device
     bar = None
-    if config.progress:
+    if config.progress and dist.is_main():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=step, desc="reward model", unit="step", dynamic_ncols=True)
@@ -548,7 +508,7 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
         while step < total_steps:
             optimizer.zero_grad(set_to_none=True)
             for a in range(config.grad_accumulation):
-                idx = micro_batch(step * config.grad_accumulation + a)
+                idx = micro_batch((step * config.grad_accumulation + a) * world + rank)  # every world-th: this rank's
                 batch = collate_pairs([train_enc[i] for i in idx], pad_id).to(device)
                 embeds = pad_cached(train_cache, idx, batch.input_ids.shape[1], device) if train_cache else None
                 with autocast(device, config.bf16):
@@ -571,6 +531,7 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
                 window["train/reward_mean"] += float((chosen + rejected).detach().mean() / 2) / config.grad_accumulation
                 window["perf/pairs"] += len(batch)
                 window["perf/tokens"] += batch.n_tokens
+            dist.all_reduce_mean_([p for _, p in params])  # data parallel: average gradients across ranks
             if config.max_grad_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_([p for _, p in params], config.max_grad_norm)
                 window["train/grad_norm"] += float(norm)
@@ -590,18 +551,26 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
                 row.update({"perf/pairs_per_s": round(window["perf/pairs"] / dt, 3),
                             "perf/tokens_per_s": round(window["perf/tokens"] / dt, 1),
                             "epoch": round(step / steps_per_epoch, 4)})
-                writer.write(step, row)
+                if world > 1:  # data parallel: averaged over the ranks; throughput of all ranks together
+                    row = dist.all_reduce_mean(row)
+                    row.update({k: round(v * world, 3) for k, v in row.items() if k.startswith("perf/")})
+                if dist.is_main():
+                    writer.write(step, row)
                 window.clear()
                 window_t = time.time()
-            if config.eval_steps and step % config.eval_steps == 0 and val_enc and step < total_steps:
+            if (config.eval_steps and step % config.eval_steps == 0 and val_enc and step < total_steps
+                    and dist.is_main()):
                 c, r = score_encoded(rm, val_enc, pad_id, config.eval_batch_size, config.bf16, val_cache, start_layer)
                 val_metrics = summarize(val_enc, c, r)
                 writer.write(step, {f"eval/{k}/accuracy": v["accuracy"] for k, v in val_metrics.items()})
             if config.save_steps and step % config.save_steps == 0 and step < total_steps:
-                ckpt.save_checkpoint(run_dir, step, model=rm.model, adapters=[rm.adapter_name],
-                                     modules={"head": rm.head}, optimizer=optimizer, scheduler=scheduler,
-                                     extra={"config": json.loads(json.dumps(dataclasses.asdict(config), default=str))},
-                                     keep_last=config.save_total_limit)
+                dist.check_in_sync([p for _, p in params])  # what the main rank saves is every rank's
+                if dist.is_main():
+                    ckpt.save_checkpoint(run_dir, step, model=rm.model, adapters=[rm.adapter_name],
+                                         modules={"head": rm.head}, optimizer=optimizer, scheduler=scheduler,
+                                         extra={"config": json.loads(json.dumps(dataclasses.asdict(config),
+                                                                                default=str))},
+                                         keep_last=config.save_total_limit)
             if on_step is not None:
                 on_step(step, {"loss": loss.item(), "optimizer": optimizer, "reward_model": rm})
     finally:
@@ -613,6 +582,12 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
     # -- evaluation and publishing --------------------------------------------------------
     metrics: dict = {"train_time_s": round(train_time, 1), "train_loop_s": round(loop_time, 1), "steps": step,
                      "train_pairs": len(train_pairs), "validation_pairs": len(val_pairs)}
+    if world > 1:  # --batch-size was per process
+        metrics["data_parallel"] = {"processes": world,
+                                    "fingerprints": dist.check_in_sync([p for _, p in params])}
+    if not dist.is_main():  # evaluation, the final model and publishing are the main rank's: wait for it
+        dist.barrier()
+        return TrainResult(run_dir, step, metrics, reward_model=rm)
     if val_enc:
         c, r = score_encoded(rm, val_enc, pad_id, config.eval_batch_size, config.bf16, val_cache, start_layer)
         val_metrics = summarize(val_enc, c, r)
@@ -640,6 +615,7 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
     if config.publish:
         result.version = publish(model_dir, card, settings, config)
         print(f"[reward] published {result.version.name} at {result.version.path}", file=sys.stderr)
+    dist.barrier()  # release the other ranks
     return result
 
 
@@ -710,7 +686,7 @@ def evaluate_only(config: RewardConfig, settings: Settings, out=None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    config = dataclass_from_args(RewardConfig, args)
+    config = config_from_args(RewardConfig, args)
     settings = settings_from_args(args)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     for noisy in ("httpx", "urllib3", "transformers", "peft"):
@@ -726,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ckpt.CheckpointError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        dist.cleanup()
     return 0
 
 
