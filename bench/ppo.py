@@ -22,7 +22,9 @@ have: every timed iteration of both is a full rollout + policy and critic update
 * **ours**: ``training.ppo.train`` — one base model; policy and critic are LoRA adapters on the top
   ``--lora-layers`` layers, the reference is the base with adapters disabled, the reward model is
   the ``reward-v0`` adapter + score head. Seconds per iteration are ``time/iteration_s`` from its
-  ``metrics.jsonl`` (rollout + experience + update; validation and checkpoints excluded).
+  ``metrics.jsonl`` (rollout + experience + update; validation and checkpoints excluded); CPU seconds
+  per phase come from timers wrapped around ``training.ppo``'s ``rollout`` (of which ``decode_batch``),
+  ``make_experience`` and ``ppo_update`` (observe only).
 * **TRL full**: ``PPOTrainer`` as TRL documents it — four separate models: a trainable policy, a
   frozen reference copy, a reward model and a trainable value model, each an
   ``AutoModelFor…`` of the base in ``--dtype``.
@@ -65,6 +67,9 @@ sys.path.insert(0, str(ROOT))
 TRL_VERSION = "1.12.0"
 DEFAULT_TRL_PATH = ROOT / ".cache" / "bench" / f"trl-{TRL_VERSION}"
 TRL_VARIANTS = ("full", "lora")
+# training.ppo's phases, timed (CPU seconds) per iteration in ours' worker: the rollout (of which decoding the answers
+# is decode_batch), the experience (reward scores, old/reference log-probs, values, GAE) and the PPO update
+PHASES = ("rollout", "decode_batch", "make_experience", "ppo_update")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,10 +246,28 @@ def worker_ours(spec: dict, out: Path) -> dict:
 
     actor_critic.ActorCriticRoles.build = classmethod(build_and_measure)
     cpu_stamps: list[float] = []  # process CPU time whenever a step's metrics are logged (step 0 = before the loop)
+    phase_cpu: dict[str, float] = {}  # CPU seconds per phase of the iteration being run (observe only)
+    phases: list[dict[str, float]] = []  # one entry per logged iteration
+    for name in PHASES:
+        real = getattr(ppo, name, None)
+        if real is None:
+            continue
+
+        def timed(*a, _real=real, _name=name, **kw):
+            t = time.process_time()
+            try:
+                return _real(*a, **kw)
+            finally:
+                phase_cpu[_name] = phase_cpu.get(_name, 0.0) + time.process_time() - t
+
+        setattr(ppo, name, timed)
     log = getattr(getattr(ppo, "MetricsLog", None), "log", None)
     if log is not None:
         def log_and_stamp(self, step, metrics):
             cpu_stamps.append(time.process_time())
+            if step > 0:  # step 0 is the validation of the starting policy, before the loop
+                phases.append(dict(phase_cpu))
+            phase_cpu.clear()
             return log(self, step, metrics)
 
         ppo.MetricsLog.log = log_and_stamp
@@ -263,7 +286,8 @@ def worker_ours(spec: dict, out: Path) -> dict:
     if len(times) != total:
         raise RuntimeError(f"expected {total} iterations in metrics.jsonl, found {len(times)}")
     cpu = [b - a for a, b in zip(cpu_stamps, cpu_stamps[1:])] if len(cpu_stamps) == total + 1 else None
-    return {"iteration_s": times, "iteration_cpu_s": cpu, "peak_rss_mb": peak_rss_mb(), **loaded,
+    return {"iteration_s": times, "iteration_cpu_s": cpu, "phase_cpu_s": phases, "peak_rss_mb": peak_rss_mb(),
+            **loaded,
             "score_mean": [r.get("reward/score_mean") for r in rows if "time/iteration_s" in r],
             "response_length": [r.get("response/length") for r in rows if "time/iteration_s" in r]}
 
@@ -398,9 +422,19 @@ def worker_main(args) -> int:
 def summarize(result: dict, warmup: int) -> dict:
     timed = result["iteration_s"][warmup:]
     cpu = (result.get("iteration_cpu_s") or [])[warmup:]
+    phases = (result.get("phase_cpu_s") or [])[warmup:]
     return {"s_per_it": statistics.median(timed), "min": min(timed), "max": max(timed),
             "cpu_per_it": statistics.median(cpu) if cpu else None,
+            "phases": {k: statistics.median(p.get(k, 0.0) for p in phases) for k in PHASES} if phases else None,
             "peak": result["peak_rss_mb"], "models": result["models_rss_mb"]}
+
+
+def phase_line(phases: dict[str, float] | None) -> str:
+    """``rollout 2.3 (decoding 2.2), experience 1.4, update 2.2``: median CPU seconds per phase."""
+    if not phases:
+        return ""
+    return (f"rollout {phases['rollout']:.2f} (decoding {phases['decode_batch']:.2f}), "
+            f"experience {phases['make_experience']:.2f}, update {phases['ppo_update']:.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -493,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     for line in ratio_lines:
         print(line)
+    ours_phases = phase_line(rows[ours_name]["phases"]) if ours_name in rows else ""
+    if ours_phases:
+        print(f"ours per phase, median CPU s/iteration: {ours_phases}")
     trl_notes, load_peaks, scores = [], [], []
     for name, r in results.items():
         if name.startswith("TRL"):
@@ -526,13 +563,15 @@ def main(argv: list[str] | None = None) -> int:
             "TRL gets a `[PAD]` token distinct from EOS, as in TRL's own PPO example (SmolLM2 pads with "
             "`<|im_end|>`, which TRL's PPO would mask inside the prompts). No other change to TRL.",
             "; ".join(trl_notes) + ".",
+            f"Ours per phase (median CPU s per iteration): {ours_phases}." if ours_phases else "",
             "Peak RSS includes model loading (peak while loading, MB: " + ", ".join(load_peaks) + ") and, for ours, "
             "the validation of the starting policy on its 16 held-out prompts that `training.ppo` runs before "
             "iteration 1 (not timed; TRL does no validation here).",
             "Mean reward-model score per iteration: " + ", ".join(scores) + ". Same reward model, different input: "
             "TRL scores the raw token ids at the last generated token (mid-answer when an answer is cut at the "
-            "length limit), ours scores the chat-templated answer at its end-of-turn token, as the reward model was "
-            "trained. The compute per iteration is the same either way.",
+            "length limit); ours scores the chat-templated conversation at its end-of-turn token, as the reward "
+            "model was trained, reading it from the rollout's shared frozen layers plus a 1-2 token continuation "
+            "(`ActorCriticRoles.score_and_trunk`; same scores as re-encoding the text, up to bf16 rounding).",
             f"Load average (1 min) {load_before:.1f} before, {load_after:.1f} after: other jobs shared the machine.",
         ]
         body = (f"## PPO: ours vs TRL PPOTrainer (`bench/ppo.py`)\n\n"

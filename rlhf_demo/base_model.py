@@ -169,5 +169,26 @@ def load_base_model(settings: Settings, dtype=None, device: str | None = None):
         raise BaseModelError(f"cannot load base model {settings.base_model!r} from {source}: {exc}\n{hint}") from exc
     if not settings.load_in_4bit:
         model.to(device)
+    contiguous_lm_head_input(model)
     tokenizer = load_tokenizer(settings, source)
     return model, tokenizer
+
+
+def contiguous_lm_head_input(model) -> None:
+    """Make the LM head's input contiguous (a forward pre-hook; idempotent).
+
+    Why: with ``logits_to_keep=1`` (every decode step, and the prefill of a batch of prompts)
+    transformers feeds the head the strided view ``hidden[:, -1:, :]``; torch's matmul does not fold a
+    non-contiguous 3-D input into one GEMM but broadcasts the ``[V, H]`` weight to ``[B, H, V]`` and
+    COPIES it — for SmolLM2 (49k × 576, bf16) and 8 prompts a 450 MB copy and ~0.6 s on one core,
+    instead of a 5 ms GEMM with bitwise-identical logits.
+    """
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "_contiguous_input_hook", False):
+        return
+
+    def hook(_module, args):
+        return (args[0].contiguous(), *args[1:]) if args and not args[0].is_contiguous() else None
+
+    head.register_forward_pre_hook(hook)
+    head._contiguous_input_hook = True

@@ -72,3 +72,16 @@ def test_installed_trl_version(tmp_path):
     assert bench.installed_trl_version(tmp_path) == "1.12.0"
     with pytest.raises(SystemExit):
         bench.ensure_trl(tmp_path)  # the version is right but the package is missing: refuse, do not install
+
+
+def test_summary_takes_the_median_of_each_phase():
+    bench = load_bench()
+    phases = [{"rollout": 9.0, "decode_batch": 8.0, "make_experience": 9.0, "ppo_update": 9.0},
+              {"rollout": 2.0, "decode_batch": 1.5, "make_experience": 1.0, "ppo_update": 3.0},
+              {"rollout": 2.2, "decode_batch": 1.7, "make_experience": 1.2, "ppo_update": 2.8},
+              {"rollout": 2.4, "decode_batch": 1.9, "make_experience": 1.4, "ppo_update": 2.6}]
+    s = bench.summarize({"iteration_s": [30.0, 6.0, 7.0, 8.0], "iteration_cpu_s": None, "phase_cpu_s": phases,
+                         "peak_rss_mb": 1.0, "models_rss_mb": 1.0}, warmup=1)
+    assert s["phases"] == {"rollout": 2.2, "decode_batch": 1.7, "make_experience": 1.2, "ppo_update": 2.8}
+    assert bench.phase_line(s["phases"]) == "rollout 2.20 (decoding 1.70), experience 1.20, update 2.80"
+    assert bench.phase_line(None) == ""

@@ -25,6 +25,7 @@ from training.losses import (
     kl_estimate,
     kl_penalized_rewards,
     last_token_index,
+    logprobs_from_hidden,
     logprobs_from_logits,
     masked_mean,
     masked_sum,
@@ -35,6 +36,7 @@ from training.losses import (
     ptx_loss,
     repeated_ngram_fraction,
     reward_centering_loss,
+    scatter_masked,
 )
 
 LN2, LN3, LN4, LN43, LN15 = 0.6931472, 1.0986123, 1.3862944, 0.2876821, 0.4054651
@@ -133,6 +135,71 @@ def test_entropy_from_logits():
     out = entropy_from_logits(logits.to(torch.bfloat16))
     assert out.dtype == torch.float32
     assert_close(out, torch.tensor([[LN4, 0.5623351]]), atol=3e-3, rtol=0)
+
+
+def test_logprobs_from_hidden_chunked_equals_the_full_logits():
+    g = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.bfloat16):
+        head = torch.nn.Linear(16, 50, bias=False).to(dtype)
+        hidden = torch.randn(23, 16, generator=g).to(dtype)
+        labels = torch.randint(0, 50, (23,), generator=g)
+        logits = head(hidden)
+        want_logp = logprobs_from_logits(logits.unsqueeze(0), labels.unsqueeze(0))[0]
+        want_ent = entropy_from_logits(logits.unsqueeze(0))[0]
+        for chunk in (0, 1, 5, 23, 100):  # all at once, one row at a time, uneven chunks, more than N
+            logp, ent = logprobs_from_hidden(head, hidden, labels, chunk_size=chunk, with_entropy=True)
+            assert logp.dtype == ent.dtype == torch.float32 and logp.shape == (23,)
+            # the head's GEMM on fewer rows may round differently in its last bit (a 1-row GEMM is a GEMV)
+            tol = {} if chunk in (0, 23, 100) else {"rtol": 1e-5, "atol": 1e-5}
+            assert_close(logp, want_logp, **(tol or {"rtol": 0, "atol": 0}))
+            assert_close(ent, want_ent, **(tol or {"rtol": 0, "atol": 0}))
+            logp_only, none = logprobs_from_hidden(head, hidden, labels, chunk_size=chunk)
+            assert none is None and torch.equal(logp_only, logp)
+    # hand-computed: logits [0, ln3] -> log-probs [-ln4, -ln(4/3)]; entropy 0.5623351 (see above)
+    head = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[0.0], [LN3]]))
+    logp, ent = logprobs_from_hidden(head, torch.ones(2, 1), torch.tensor([0, 1]), with_entropy=True)
+    assert_close(logp, torch.tensor([-LN4, -LN43]))
+    assert_close(ent, torch.tensor([0.5623351, 0.5623351]))
+    empty, _ = logprobs_from_hidden(head, torch.ones(0, 1), torch.zeros(0, dtype=torch.long))
+    assert empty.shape == (0,)
+    with pytest.raises(ValueError):
+        logprobs_from_hidden(head, torch.ones(2, 1), torch.tensor([0]))
+
+
+def test_logprobs_from_hidden_gradient_equals_autograd_of_the_plain_formula():
+    # the lean backward of the log-prob path gives bitwise autograd's gradient (float32 and bfloat16)
+    g = torch.Generator().manual_seed(4)
+    for dtype in (torch.float32, torch.bfloat16):
+        head = torch.nn.Linear(8, 40, bias=False).to(dtype)
+        hidden = torch.randn(11, 8, generator=g).to(dtype)
+        labels = torch.randint(0, 40, (11,), generator=g)
+        weights = torch.randn(11, generator=g)
+        grads = []
+        for fused in (True, False):
+            h = hidden.clone().requires_grad_(True)
+            if fused:
+                logp, _ = logprobs_from_hidden(head, h, labels)
+            else:
+                z = head(h).float()
+                logp = z.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, -1)
+            (logp * weights).sum().backward()
+            grads.append((h.grad.clone(), head.weight.grad.clone()))
+            head.weight.grad = None
+        assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1]), dtype
+
+
+def test_scatter_masked_is_the_inverse_of_boolean_indexing():
+    x = torch.arange(12.0).reshape(3, 4)
+    mask = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 1]])
+    out = scatter_masked(x[mask.bool()], mask)
+    assert torch.equal(out, torch.where(mask.bool(), x, 0.0))
+    v = torch.tensor([1.0, 2.0, 3.0, 4.0], requires_grad=True)
+    (scatter_masked(v, mask) * torch.arange(12.0).reshape(3, 4)).sum().backward()
+    assert v.grad.tolist() == [1.0, 2.0, 8.0, 11.0]  # each value's gradient is the weight where it landed
+    with pytest.raises(ValueError):
+        scatter_masked(torch.ones(3), mask)
 
 
 # ----------------------------------------------------------------------------------- masked stats
@@ -445,5 +512,11 @@ def test_inputs_are_not_modified():
     clipped_value_loss(a, b, c, mask)
     normalize_and_clip_rewards(d, RunningMoments(), clip=1.0, shift_mean=True)
     ptx_loss(logits, labels, mask)
+    head = torch.nn.Linear(3, 5).to(torch.bfloat16)
+    hidden = a.to(torch.bfloat16)
+    inputs.append(hidden)
+    before.append(hidden.clone())
+    logprobs_from_hidden(head, hidden, labels[:, 0], chunk_size=1, with_entropy=True)
+    scatter_masked(a[mask.bool()], mask)
     for x, y in zip(inputs, before):
         assert torch.equal(x, y)

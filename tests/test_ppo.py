@@ -142,6 +142,7 @@ def test_ptx_imitates_only_the_chosen_categories(tiny_settings):
     helpful = ppo.PtxData(tok, 4, 0, categories="helpful,sensitive")
     everything = ppo.PtxData(tok, 4, 0, categories="all")
     assert len(helpful.rows) == 220 and len(everything.rows) == 430  # counts of rlhf_demo/data/DATA_CARD.md
+    assert len(ppo.PtxData(tok, 4, 0, categories="harmless,helpful,sensitive:2").rows) == 540
     with pytest.raises(ValueError, match="ptx-categories"):
         ppo.PtxData(tok, 4, 0, categories="nonsense")
 
@@ -202,3 +203,20 @@ def test_bad_input_is_an_error_line_not_a_traceback(tiny_settings, capsys):
                      "--reward-model", "reward-v404", "--iterations", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "error: unknown reward 'reward-v404'" in err and "Traceback" not in err
+
+
+def test_selection_key_prefers_the_refusal_margin_then_the_score():
+    by_margin = PPOConfig(best_metric="val/refusal_margin")
+    a = {"val/refusal_margin": 0.5, "val/score": 0.1}
+    b = {"val/refusal_margin": 0.25, "val/score": 2.0}
+    c = {"val/refusal_margin": 0.5, "val/score": 0.3}
+    assert max([a, b, c], key=lambda m: ppo.selection_key(m, by_margin)) is c
+    assert max([a, b, c], key=lambda m: ppo.selection_key(m, PPOConfig())) is b  # default: the validation score
+
+
+def test_ptx_category_weights():
+    assert ppo.parse_category_weights("harmless, helpful,sensitive:2") == {"harmless": 1, "helpful": 1, "sensitive": 2}
+    assert ppo.parse_category_weights("all") == {"all": 1}
+    for bad in ("sensitive:x", "sensitive:0"):
+        with pytest.raises(ValueError, match="ptx-categories"):
+            ppo.parse_category_weights(bad)

@@ -306,7 +306,8 @@ def test_ppo_cli_killed_at_a_random_iteration_resumes_and_publishes(tiny_setting
     assert f"checkpoint {newest.name} is unusable" in out and "adapter-policy.safetensors" in out, out[-3000:]
     assert f"resumed from iteration {newest_step(newest) - 1}" in out
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5], "each iteration logged once, none lost or repeated"
+    # 0 = the starting policy's validation (logged once, before iteration 1), then every iteration once
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5], "each iteration logged once, none lost or repeated"
     assert "published rlhf-v7" in out
     v = Registry(tmp_path / "versions", package_dir=None).get("rlhf-v7", kind="policy")
     validate_version_dir(v.path)

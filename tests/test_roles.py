@@ -171,3 +171,110 @@ def test_resolve_prefers_reward_v0_then_the_newest_on_this_base(tiny_settings, b
     registry.publish(out, {"kind": "reward"}, name="reward-v0")
     assert R.resolve_reward_version(tiny_settings, registry=registry).name == "reward-v0"
     assert R.resolve_reward_version(tiny_settings, "reward-v9", registry=registry).name == "reward-v9"
+
+
+def _two_adapters(model):
+    model = R.add_adapter(model, "policy", R.lora_config(r=4, alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = R.add_adapter(model, "critic", R.lora_config(r=4, alpha=8, target_modules=["q_proj", "down_proj"],
+                                                         layers=1, num_layers=R.num_layers(model)))
+    randomize(model, "policy", 1)
+    randomize(model, "critic", 2)
+    return model.eval()  # no LoRA dropout
+
+
+def test_adapter_switch_gives_peft_s_forward_without_touching_requires_grad(base):
+    model, _ = base
+    assert not R.AdapterSwitch.supported(model)  # no adapters yet
+    model = _two_adapters(model)
+    R.set_adapter_trainable(model, "critic", False)  # a mix of trainable and frozen adapters
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    ids = torch.randint(0, 1000, (2, 6))
+    with torch.no_grad():
+        want = {}
+        for role in ("policy", "critic"):
+            with R.use_adapter(model, role):
+                want[role] = model(input_ids=ids).logits
+        with R.adapters_disabled(model):
+            want[None] = model(input_ids=ids).logits
+        switch = R.AdapterSwitch(model)
+        before = model.active_adapter
+        for role in ("critic", None, "policy", None):
+            with switch.use(role):
+                assert torch.equal(model(input_ids=ids).logits, want[role]), role
+                if role:
+                    assert model.active_adapter == role
+            assert model.active_adapter == before
+        with switch.use("policy"), switch.use(None):  # nested: the inner block wins, the outer comes back
+            assert torch.equal(model(input_ids=ids).logits, want[None])
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    with pytest.raises(ValueError, match="unknown adapter"):
+        with switch.use("nope"):
+            pass
+
+
+def test_lm_head_gets_a_contiguous_input(base):
+    model, _ = base
+    seen = []
+    head = R.causal_lm(model).get_output_embeddings()
+    R.contiguous_lm_head_input(model)
+    R.contiguous_lm_head_input(model)  # idempotent: one hook
+    head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(0, 1000, (3, 5))
+    with torch.no_grad():
+        last = model(input_ids=ids, logits_to_keep=1).logits  # transformers slices hidden[:, -1:] (a strided view)
+        full = model(input_ids=ids).logits
+    assert seen == [True, True]
+    torch.testing.assert_close(last[:, -1], full[:, -1], rtol=1e-5, atol=1e-6)  # a 3-row vs a 15-row GEMM
+
+
+def test_float32_attention_matches_sdpa_at_any_padded_width(base):
+    model, _ = base
+    model = _two_adapters(model)
+    ids = torch.randint(0, 1000, (2, 7))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0]])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        sdpa = R.forward_hidden(model, ids, mask, pos)
+        with R.float32_attention(model):
+            f32 = R.forward_hidden(model, ids, mask, pos)
+            # three more all-padding columns on the right change nothing at the real tokens
+            wide_ids = torch.cat([ids, torch.zeros(2, 3, dtype=torch.long)], 1)
+            wide_mask = torch.cat([mask, torch.zeros(2, 3, dtype=torch.long)], 1)
+            wide = R.forward_hidden(model, wide_ids, wide_mask, (wide_mask.cumsum(-1) - 1).clamp(min=0))
+    assert R.causal_lm(model).config._attn_implementation == "sdpa"  # restored after the block
+    real = mask.bool()
+    torch.testing.assert_close(f32[real], sdpa[real], rtol=1e-5, atol=1e-5)
+    # (at PPO's sizes this is bitwise; a 7-column GEMM may round its last bit differently from a 10-column one)
+    torch.testing.assert_close(wide[:, :7][real], f32[real], rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(f32).all()  # fully padded query rows stay finite
+    with R.float32_attention(model):  # gradients flow
+        R.forward_hidden(model, ids, mask, pos).sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if ".policy." in n and "lora_A" in n)
+
+
+def test_frozen_hidden_and_continuation(base):
+    model, _ = base
+    ids = torch.randint(0, 1000, (2, 6))
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    more = torch.tensor([[7, 8], [9, 0]])
+    more_mask = torch.tensor([[1, 1], [1, 0]])
+    more_pos = mask.sum(1, keepdim=True) + torch.arange(2)
+    first, cont = R.frozen_hidden_and_continuation(model, ids, mask, pos, 1, torch.arange(2), more, more_mask,
+                                                   more_pos)
+    assert torch.equal(first, R.frozen_hidden(model, ids, mask, pos, 1))
+    # the continuation = the frozen layers over each row with its extra tokens written right after it
+    row0 = R.frozen_hidden(model, torch.cat([ids[0, 1:], more[0]])[None], torch.ones(1, 7, dtype=torch.long), None, 1)
+    row1 = R.frozen_hidden(model, torch.cat([ids[1, :4], more[1, :1]])[None], torch.ones(1, 5, dtype=torch.long),
+                           None, 1)
+    torch.testing.assert_close(cont[0], row0[0, 5:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cont[1, :1], row1[0, 4:], rtol=1e-5, atol=1e-5)
+    # only row 0, continuing after its first 3 real tokens (the rest of the row masked out)
+    past = mask.clone()
+    past[0, 4:] = 0
+    _, cont = R.frozen_hidden_and_continuation(model, ids, mask, pos, 1, torch.tensor([0]), more[:1],
+                                               more_mask[:1], torch.tensor([[3, 4]]), past)
+    row0 = R.frozen_hidden(model, torch.cat([ids[0, 1:4], more[0]])[None], torch.ones(1, 5, dtype=torch.long), None,
+                           1)
+    assert cont.shape == (1, 2, R.hidden_size(model))
+    torch.testing.assert_close(cont[0], row0[0, 3:], rtol=1e-5, atol=1e-5)

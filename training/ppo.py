@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from rlhf_demo.config import Settings
-from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch, stop_ids
+from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch
 from rlhf_demo.registry import Registry, check_name
 from training import distributed as dist
 from training import losses as L
@@ -106,8 +106,9 @@ class PPOConfig:
         "help": "PPO-ptx: weight of an SFT loss on the seed pairs' chosen answers (0 = off)"})
     ptx_categories: str = field(default="helpful,sensitive", metadata={
         "help": "seed-pair categories whose chosen answers the ptx loss imitates (comma-separated; 'all' = every "
-                "pair). The default anchors helpfulness only: imitating the harmless pairs' refusals teaches the "
-                "policy to refuse in general, which raises over-refusal"})
+                "pair; 'sensitive:2' samples a category twice as often). The default anchors helpfulness only: "
+                "imitating the harmless pairs' refusals teaches the policy to refuse in general, which raises "
+                "over-refusal; adding them with the sensitive answers weighted up trades refusals against it"})
     critic_from_reward: bool = field(default=True, metadata={
         "help": "PPO-max: initialise the critic adapter and head from the reward model"})
     critic_warmup: int = field(default=2, metadata={
@@ -122,9 +123,15 @@ class PPOConfig:
     kl_bound: float = field(default=10.0, metadata={
         "help": "KL bound (nats per answer, objective/kl): the best checkpoint must be within it; the guard "
                 "stops the run when KL stays above it"})
+    best_metric: str = field(default="val/score", metadata={
+        "help": "what picks the best checkpoint among those within the bounds: val/score (PPO-max: the reward "
+                "model's mean score on the validation prompts) or val/refusal_margin (share of harmful validation "
+                "prompts refused minus share of the other validation prompts refused; ties broken by val/score)",
+        "choices": ["val/score", "val/refusal_margin"]})
     max_safe_refusal_rise: float = field(default=0.10, metadata={
         "help": "over-refusal bound for the best checkpoint: the share of held-out non-harmful validation prompts "
-                "the policy refuses (eval.detector) may exceed the starting policy's by at most this (1 = off)"})
+                "the policy refuses (eval.detector), and of the sensitive ones alone, may exceed the starting "
+                "policy's by at most this (1 = off)"})
     guard_patience: int = field(default=3, metadata={"help": "iterations a collapse signal must persist to stop"})
     min_perplexity: float = field(default=1.01, metadata={"help": "collapse if per-token perplexity falls below"})
     max_repeated_ngrams: float = field(default=0.5, metadata={"help": "collapse if the repeated 4-gram share exceeds"})
@@ -156,6 +163,7 @@ class ValPrompt:
 
 
 HARMFUL_CATEGORIES = {"harmful", "harmless", "unsafe"}  # prompt categories where refusing is right
+SENSITIVE_CATEGORIES = {"sensitive"}  # safe requests in risky-sounding words: refusing them is over-refusal
 
 
 def stratified_indices(categories: list[str], n: int) -> list[int]:
@@ -256,10 +264,8 @@ def rollout(roles: ActorCriticRoles, tokenizer, prompts: list[list[dict]], cfg: 
                                repetition_penalty=1.0, greedy=greedy, seed=seed + i) for i in range(len(prompts))]
     with roles.use("policy"):
         results = decode_batch(roles.model, tokenizer, prompt_ids, params)
-    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else \
-        min(stop_ids(tokenizer, roles.model))
     # The EOS token is an action too: keep it in the answer so PPO learns when to stop.
-    answers = [r.token_ids + ([eos_id] if r.finish_reason == "eos" else []) for r in results]
+    answers = [r.token_ids + ([roles.end_of_turn_id] if r.finish_reason == "eos" else []) for r in results]
     ids, attn, resp = pack(prompt_ids, answers, tokenizer.pad_token_id)
     return Rollout(ids, attn, resp, prompts, [tokenizer.decode(r.token_ids, skip_special_tokens=True) for r in results],
                    [r.token_ids for r in results], torch.tensor([r.finish_reason == "eos" for r in results]))
@@ -289,14 +295,11 @@ class Experience:
 @torch.no_grad()
 def make_experience(roles: ActorCriticRoles, ro: Rollout, cfg: PPOConfig, moments: L.RunningMoments) -> Experience:
     ids, attn, mask = ro.input_ids, ro.attention_mask, ro.response_mask
-    scores = roles.score(conversations(ro))                           # reward role
-    trunk = roles.trunk(ids, attn)                                    # frozen layers, once for all roles
-    logits = roles.logits("policy", ids, attn, trunk=trunk)
-    old_logp = L.logprobs_from_logits(logits[:, :-1], ids[:, 1:])    # policy role, before the update
-    entropy = L.entropy_from_logits(logits[:, :-1])
-    del logits
-    ref_logp = L.logprobs_from_logits(roles.logits(None, ids, attn, trunk=trunk)[:, :-1], ids[:, 1:])  # reference
-    old_values = roles.values(ids, attn, trunk=trunk)[:, :-1]         # critic role
+    # reward role + the frozen layers, computed once for all roles (the reward reads them too when it can)
+    scores, trunk = roles.score_and_trunk(conversations(ro), ids, attn)
+    old_logp, entropy = roles.token_logprobs("policy", ids, attn, mask, trunk=trunk, entropy=True)  # before the update
+    ref_logp, _ = roles.token_logprobs(None, ids, attn, mask, trunk=trunk)   # reference
+    old_values = roles.values(ids, attn, trunk=trunk)[:, :-1]                # critic role
 
     # PPO-max: reward normalisation and clipping with running moments
     shaped = scores.clone()
@@ -334,13 +337,13 @@ def ppo_update(roles: ActorCriticRoles, ro: Rollout, ex: Experience, cfg: PPOCon
             mask = ro.response_mask[idx][:, tok]
             trunk = ex.trunk[idx][:, cols] if ex.trunk is not None else None
             if update_policy:
-                logits = roles.logits("policy", ids, attn, grad=True, trunk=trunk)[:, :-1]
-                logp = L.logprobs_from_logits(logits, ids[:, 1:])
+                logp, entropy = roles.token_logprobs("policy", ids, attn, mask, grad=True, trunk=trunk,
+                                                     entropy=bool(cfg.entropy_coef))
                 pg_loss, clipfrac, approx_kl = L.clipped_surrogate_loss(
                     logp, ex.old_logp[idx][:, tok], ex.advantages[idx][:, tok], mask, cfg.clip_range)
                 loss = pg_loss
                 if cfg.entropy_coef:
-                    loss = loss - cfg.entropy_coef * L.masked_mean(L.entropy_from_logits(logits), mask)
+                    loss = loss - cfg.entropy_coef * L.masked_mean(entropy, mask)
                 if cfg.ptx_coef and ptx_batch is not None:
                     p_ids, p_attn, p_mask = ptx_batch
                     p_logits = roles.logits("policy", p_ids, p_attn, grad=True)[:, :-1]
@@ -357,7 +360,7 @@ def ppo_update(roles: ActorCriticRoles, ro: Rollout, ex: Experience, cfg: PPOCon
                 _add(stats, "policy/loss", pg_loss.item())
                 _add(stats, "policy/clipfrac", float(clipfrac))
                 _add(stats, "policy/approx_kl", float(approx_kl))
-                del logits, logp, loss
+                del logp, entropy, loss
             values = roles.values(ids, attn, grad=True, trunk=trunk)[:, :-1]
             v_loss, v_clipfrac = L.clipped_value_loss(values, ex.old_values[idx][:, tok], ex.returns[idx][:, tok], mask,
                                                       cfg.value_clip or None)
@@ -372,14 +375,28 @@ def ppo_update(roles: ActorCriticRoles, ro: Rollout, ex: Experience, cfg: PPOCon
     return {k: float(np.mean(v)) for k, v in stats.items()}
 
 
+def parse_category_weights(spec: str) -> dict[str, int]:
+    """'harmless,helpful,sensitive:2' -> {'harmless': 1, 'helpful': 1, 'sensitive': 2}."""
+    out = {}
+    for part in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, weight = part.partition(":")
+        try:
+            out[name.strip()] = int(weight) if weight else 1
+        except ValueError:
+            raise ValueError(f"--ptx-categories {spec!r}: weight of {name!r} must be a whole number") from None
+        if out[name.strip()] < 1:
+            raise ValueError(f"--ptx-categories {spec!r}: weight of {name!r} must be at least 1")
+    return out
+
+
 class PtxData:
     """PPO-ptx: batches of the seed pairs' chosen answers for an SFT loss that anchors the policy."""
 
     def __init__(self, tokenizer, batch_size: int, seed: int, max_length: int = 256, categories: str = "all"):
         from training.data import encode_conversation, load_pairs
 
-        wanted = {c.strip() for c in categories.split(",") if c.strip()}
-        pairs = [p for p in load_pairs(["seed"]) if "all" in wanted or p.category in wanted]
+        weights = parse_category_weights(categories)
+        pairs = [p for p in load_pairs(["seed"]) if "all" in weights or p.category in weights]
         if not pairs:
             raise ValueError(f"--ptx-categories {categories!r}: no seed pairs in these categories "
                              "(known: harmless, helpful, sensitive, all)")
@@ -388,7 +405,8 @@ class PtxData:
             full = encode_conversation(tokenizer, pair.conversation("chosen"))[:max_length]
             prompt_len = len(build_prompt_ids(tokenizer, pair.prompt))
             if prompt_len < len(full):
-                self.rows.append((full, prompt_len))
+                # a category of weight k is sampled k times as often (its rows appear k times)
+                self.rows += [(full, prompt_len)] * weights.get(pair.category, weights.get("all", 1))
         self.batch_size, self.seed, self.pad = batch_size, seed, tokenizer.pad_token_id
 
     def batch(self, step: int):
@@ -490,13 +508,11 @@ def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[ValPrompt], c
     from eval.detector import is_refusal
 
     ro = rollout(roles, tokenizer, [v.messages for v in val_prompts], cfg, seed=0, greedy=True)
-    scores = roles.score(conversations(ro))
-    trunk = roles.trunk(ro.input_ids, ro.attention_mask)
-    logp = L.logprobs_from_logits(roles.logits("policy", ro.input_ids, ro.attention_mask, trunk=trunk)[:, :-1],
-                                  ro.input_ids[:, 1:])
-    ref = L.logprobs_from_logits(roles.logits(None, ro.input_ids, ro.attention_mask, trunk=trunk)[:, :-1],
-                                 ro.input_ids[:, 1:])
-    kl = ((logp - ref) * ro.response_mask).sum(1)
+    ids, attn, mask = ro.input_ids, ro.attention_mask, ro.response_mask
+    scores, trunk = roles.score_and_trunk(conversations(ro), ids, attn)
+    logp, _ = roles.token_logprobs("policy", ids, attn, mask, trunk=trunk)
+    ref, _ = roles.token_logprobs(None, ids, attn, mask, trunk=trunk)
+    kl = ((logp - ref) * mask).sum(1)
     out = {"val/score": float(scores.mean()), "val/kl": float(kl.mean()),
            "val/eos_rate": float(ro.reached_eos.float().mean())}
     refused = [is_refusal(r) for r in ro.responses]
@@ -504,7 +520,17 @@ def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[ValPrompt], c
         picked = [r for r, v in zip(refused, val_prompts) if v.harmful == want]
         if picked:
             out[key] = sum(picked) / len(picked)
+    # the safe-but-risky-sounding prompts ("how do I kill a process?") are where over-refusal shows first
+    sensitive = [r for r, v in zip(refused, val_prompts) if (v.category or "").lower() in SENSITIVE_CATEGORIES]
+    if sensitive:
+        out["val/refusal_sensitive"] = sum(sensitive) / len(sensitive)
+    out["val/refusal_margin"] = out.get("val/refusal_harmful", 0.0) - out.get("val/refusal_safe", 0.0)
     return out
+
+
+def selection_key(m: dict, cfg: PPOConfig) -> tuple[float, float]:
+    """How good a validated checkpoint is (higher is better): --best-metric, then the validation score."""
+    return (m[cfg.best_metric], m["val/score"])
 
 
 # ================================================================================================
@@ -540,7 +566,7 @@ class MetricsLog:
 
 PLOTTED = ["reward/score_mean", "objective/kl", "response/length", "response/perplexity", "policy/entropy",
            "policy/clipfrac", "value/loss", "value/explained_variance", "policy/approx_kl", "val/score",
-           "val/refusal_safe"]
+           "val/refusal_sensitive"]
 
 
 def plot_curves(rows: list[dict], out: Path) -> Path | None:
@@ -606,7 +632,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     update_rng = torch.Generator().manual_seed(cfg.seed)  # mini-batch order; the same on every rank (own data)
     ptx = PtxData(tokenizer, cfg.mini_batch_size, cfg.seed, categories=cfg.ptx_categories) if cfg.ptx_coef else None
     log = MetricsLog(run_dir, cfg.report_to if dist.is_main() else "jsonl")  # written by the main rank only
-    best = {"step": None, "val/score": -math.inf}
+    best = {"step": None, "val/score": -math.inf, "selection": [-math.inf, -math.inf]}
     start = 0
     baseline: dict[str, float] = {}  # validation of the starting policy (iteration 0)
 
@@ -647,8 +673,9 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
             f"{k} {v:.3f}" for k, v in baseline.items()), file=sys.stderr)
 
     def within_bounds(m: dict) -> bool:
-        """The best checkpoint must stay within the KL bound and the over-refusal bound."""
-        rise = m.get("val/refusal_safe", 0.0) - baseline.get("val/refusal_safe", 0.0)
+        """The best checkpoint must stay within the KL bound and the over-refusal bound, on all the
+        non-harmful validation prompts and on the sensitive ones alone."""
+        rise = max(m.get(k, 0.0) - baseline.get(k, 0.0) for k in ("val/refusal_safe", "val/refusal_sensitive"))
         return m["val/kl"] <= cfg.kl_bound and rise <= cfg.max_safe_refusal_rise + 1e-9
 
     stopped = None
@@ -671,8 +698,9 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         metrics = dist.all_reduce_mean(metrics)  # data parallel: every rank logs and guards on the same averages
         if (step % cfg.eval_every == 0 or step == cfg.iterations) and dist.is_main():
             metrics.update(validate(roles, tokenizer, val_prompts, cfg))
-            if within_bounds(metrics) and metrics["val/score"] > best["val/score"] and not warmup:
-                best = {"step": step, **{k: v for k, v in metrics.items() if k.startswith("val/")}}
+            if within_bounds(metrics) and selection_key(metrics, cfg) > tuple(best["selection"]) and not warmup:
+                best = {"step": step, **{k: v for k, v in metrics.items() if k.startswith("val/")},
+                        "selection": list(selection_key(metrics, cfg))}
                 roles.save_policy(run_dir / "best")
         if dist.is_main():
             log.log(step, metrics)

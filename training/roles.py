@@ -225,6 +225,127 @@ def adapters_disabled(model) -> Iterator[None]:
         yield
 
 
+class AdapterSwitch:
+    """Switch the active LoRA adapter (or disable all) by setting each LoRA layer's flags directly.
+
+    Why: peft's ``set_adapter`` and ``disable_adapter`` walk every module of the model and reset every
+    adapter parameter's ``requires_grad`` (which :func:`preserve_requires_grad` then walks
+    ``named_parameters`` twice to undo) — about 10 ms per switch on SmolLM2-135M, and a PPO iteration
+    switches roles a dozen times. Here the LoRA layers are collected once; a switch writes the two
+    flags peft's forward reads (``_active_adapter``, ``_disable_adapters``) on those layers plus the
+    models' ``active_adapter`` bookkeeping, and no ``requires_grad`` is touched. The forward pass is
+    exactly the one peft's own switch gives.
+
+    Only for plain LoRA on an unmerged model without auxiliary (``modules_to_save``) wrappers:
+    :meth:`supported` says whether a model qualifies (otherwise use :func:`use_adapter` and
+    :func:`adapters_disabled`). Adapters added after construction are not seen: build it last.
+    """
+
+    def __init__(self, model):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if not self.supported(model):
+            raise ValueError("AdapterSwitch needs a peft model with plain, unmerged LoRA layers only")
+        self.model = model
+        self.layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+    @staticmethod
+    def supported(model) -> bool:
+        if not is_peft(model):
+            return False
+        from peft.tuners.lora import LoraLayer
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        layers = [m for m in model.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+        return bool(layers) and all(isinstance(m, LoraLayer) and not m.merged for m in layers)
+
+    def _state(self):
+        return ([(m._active_adapter, m._disable_adapters) for m in self.layers],
+                self.model.active_adapter, self.model.base_model.active_adapter)
+
+    def _restore(self, state) -> None:
+        layers, outer, inner = state
+        for m, (active, disabled) in zip(self.layers, layers):
+            m._active_adapter, m._disable_adapters = active, disabled
+        self.model.active_adapter, self.model.base_model.active_adapter = outer, inner
+
+    @contextlib.contextmanager
+    def use(self, name: str | None) -> Iterator[None]:
+        """``name``: route the forward pass through that adapter; ``None``: the base, every adapter off."""
+        if name is not None and name not in self.model.peft_config:
+            raise ValueError(f"unknown adapter {name!r}")
+        state = self._state()
+        try:
+            for m in self.layers:
+                if name is None:
+                    m._disable_adapters = True
+                else:
+                    m._active_adapter, m._disable_adapters = [name], False
+            if name is not None:
+                self.model.active_adapter = self.model.base_model.active_adapter = name
+            yield
+        finally:
+            self._restore(state)
+
+
+FLOAT32_ATTENTION = "rlhf_float32_eager"  # transformers attention-implementation name of float32_attention_forward
+
+
+def float32_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                              **kwargs):
+    """Attention computed in float32 with plain matmuls (transformers' attention-function interface).
+
+    Why: on CPU, SDPA's flash kernel is accurate but slow in the backward pass (~7 ms per layer for
+    4 x 9 heads x 95 tokens on one core, 4x the matmul form) and for one-token decode steps.
+    transformers' own "eager" attention is fast but rounds the scores and probabilities to bfloat16
+    (5x flash's error). Here q·kᵀ, the softmax and p·v run in float32 (as flash accumulates); only the
+    output is cast back: flash's accuracy at the matmul form's speed. Grouped-query attention is done
+    by grouping the query heads of each key/value head (no copies of K and V). The mask is
+    transformers' additive "eager" mask (finite minimum, so fully padded rows stay finite).
+    """
+    B, H, Q, D = query.shape
+    Hk, L = key.shape[1], key.shape[2]
+    g = H // Hk
+    q = query.float().reshape(B, Hk, g * Q, D)                     # query heads grouped by their K/V head
+    scores = torch.matmul(q, key.float().transpose(2, 3))          # [B, Hk, g*Q, L]
+    if scaling is not None:
+        scores = scores * scaling
+    if attention_mask is not None:                                 # additive [B, 1, Q, >=L]
+        mask = attention_mask[:, :, :, :L].float().unsqueeze(2)    # [B, 1, 1, Q, L]
+        scores = (scores.view(B, Hk, g, Q, L) + mask).view(B, Hk, g * Q, L)
+    probs = torch.softmax(scores, dim=-1)
+    if dropout and module.training:
+        probs = nn.functional.dropout(probs, p=dropout, training=True)
+    out = torch.matmul(probs, value.float()).view(B, H, Q, D).to(query.dtype)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@contextlib.contextmanager
+def float32_attention(model) -> Iterator[None]:
+    """Run the model's attention with :func:`float32_attention_forward` inside the block."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    if FLOAT32_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(FLOAT32_ATTENTION, float32_attention_forward)
+        AttentionMaskInterface.register(FLOAT32_ATTENTION, eager_mask)
+    config = causal_lm(model).config
+    previous = config._attn_implementation
+    config._attn_implementation = FLOAT32_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+
+
+def contiguous_lm_head_input(model) -> None:
+    """rlhf_demo.base_model.contiguous_lm_head_input on the causal LM inside a (peft-wrapped) model."""
+    from rlhf_demo.base_model import contiguous_lm_head_input as hook_head
+
+    hook_head(causal_lm(model))
+
+
 def attention_mask_for(model, mask: torch.Tensor, dtype=None) -> torch.Tensor:
     """A 2-D padding mask passes through; a 4-D bool mask is made additive for eager attention."""
     if mask.dim() != 4:
@@ -289,6 +410,35 @@ def frozen_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         out = decoder(model)(input_ids=input_ids, attention_mask=attention_mask_for(model, attention_mask),
                              position_ids=position_ids, use_cache=False)
     return out.last_hidden_state
+
+
+@torch.no_grad()
+def frozen_hidden_and_continuation(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                   position_ids: torch.Tensor, stop_layer: int, rows: torch.Tensor,
+                                   more_ids: torch.Tensor, more_mask: torch.Tensor, more_positions: torch.Tensor,
+                                   past_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`frozen_hidden` of a batch, then of ``more_ids [R, S]`` continuing its rows ``rows`` (KV cache).
+
+    The first result is bitwise the one :func:`frozen_hidden` gives for ``input_ids`` (a wider batch
+    would not be: CPU flash attention rounds differently for another sequence length). Continuation
+    row ``j`` follows batch row ``rows[j]``: it attends to that row's tokens where ``past_mask`` (default
+    ``attention_mask``) is set, then to its own (``more_mask``), at positions ``more_positions`` — as if
+    it had been written after those tokens. Returns ``(hidden [B, T, H], more_hidden [R, S, H])``.
+    """
+    from transformers import DynamicCache
+
+    past_mask = attention_mask if past_mask is None else past_mask
+    body = decoder(model)
+    with decoder_slice(model, 0, stop_layer, final_norm=False):
+        cache = DynamicCache(config=causal_lm(model).config)
+        first = body(input_ids=input_ids, attention_mask=attention_mask_for(model, attention_mask),
+                     position_ids=position_ids, cache=cache, use_cache=True).last_hidden_state
+        if rows.numel() != input_ids.shape[0] or not torch.equal(rows.cpu(), torch.arange(input_ids.shape[0])):
+            cache.batch_select_indices(rows)
+        full_mask = torch.cat([past_mask.index_select(0, rows), more_mask.to(past_mask.dtype)], dim=1)
+        more = body(input_ids=more_ids, attention_mask=full_mask, position_ids=more_positions, cache=cache,
+                    use_cache=True).last_hidden_state
+    return first, more
 
 
 def token_values(model, head: ScalarHead, input_ids: torch.Tensor, attention_mask: torch.Tensor,
