@@ -40,10 +40,11 @@ bench: venv
 	$(PY) bench/generation.py
 
 # The shipped rlhf-v0: PPO-max from the SFT model against reward-v0 on the seed prompts, seeded.
-PPO_V0_ARGS ?= --reward-model reward-v0 --prompts seed --iterations 60 --rollout-batch-size 8 \
+PPO_V0_ARGS ?= --reward-model reward-v0 --prompts seed --iterations 45 --rollout-batch-size 8 \
 	--mini-batch-size 4 --ppo-epochs 2 --response-length 48 --lora-layers 8 --policy-lr 2e-4 \
-	--critic-lr 1e-4 --kl-coef 0.05 --ptx-coef 1.0 --critic-warmup 2 --eval-every 10 --seed 0 \
-	--dtype bfloat16 --threads 1 --publish-dir rlhf_demo/versions --name rlhf-v0
+	--critic-lr 1e-4 --kl-coef 0.05 --ptx-coef 1.0 --ptx-categories all --critic-warmup 2 --eval-every 3 \
+	--val-prompts 60 --best-metric val/refusal_margin --seed 0 --dtype bfloat16 --threads 1 \
+	--publish-dir rlhf_demo/versions --name rlhf-v0
 train-ppo: venv
 	$(PY) -m training.ppo $(PPO_V0_ARGS) $(ARGS)
 
