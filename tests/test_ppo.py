@@ -220,3 +220,12 @@ def test_ptx_category_weights():
     for bad in ("sensitive:x", "sensitive:0"):
         with pytest.raises(ValueError, match="ptx-categories"):
             ppo.parse_category_weights(bad)
+
+
+def test_an_existing_version_name_is_refused_before_training(tiny_settings, tiny_reward, tmp_path, capsys):
+    from rlhf_demo.registry import RegistryError
+
+    for taken in ("sft", "reward-v5"):  # reward-v5 was published by the tiny_reward fixture
+        with pytest.raises(RegistryError, match="exists already"):
+            train(tiny_cfg(tmp_path, name=taken), tiny_settings)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing ran

@@ -40,7 +40,7 @@ import torch
 
 from rlhf_demo.config import Settings
 from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch
-from rlhf_demo.registry import Registry, check_name
+from rlhf_demo.registry import Registry, RegistryError, check_name
 from training import distributed as dist
 from training import losses as L
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -613,6 +613,11 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         if name:
             check_name(name)  # a bad version name (e.g. '../x') is refused now, not after the run
     registry = Registry(settings.versions_dir)
+    if cfg.publish and cfg.name:  # fail now, not after the run: versions are never overwritten
+        target = Registry(Path(cfg.publish_dir), package_dir=None) if cfg.publish_dir else registry
+        if cfg.name == "sft" or any(v.name == cfg.name for v in target.list(None)):
+            raise RegistryError(f"version {cfg.name!r} exists already in {target.versions_dir} and versions are "
+                                "never overwritten: pass another --name (e.g. the next rlhf-vN) or --no-publish")
     run_dir = Path(cfg.run_dir) if cfg.run_dir else settings.data_dir / "runs" / time.strftime("ppo-%Y%m%d-%H%M%S")
     run_dir = dist.broadcast_object(run_dir)  # one run dir for all ranks (named by the main rank's clock)
     run_dir.mkdir(parents=True, exist_ok=True)
