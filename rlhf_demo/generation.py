@@ -103,7 +103,7 @@ def next_token(logits: torch.Tensor, seen: torch.Tensor, params: GenerationParam
     return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
 
 
-def _im_end_id(tokenizer) -> int | None:
+def end_of_turn_id(tokenizer) -> int | None:
     """The chat template's end-of-turn token, looked up once per tokenizer (get_vocab() builds a
     49k-entry dict: ~17 ms, at every batch otherwise)."""
     if not hasattr(tokenizer, "_rlhf_arena_im_end"):
@@ -116,7 +116,7 @@ def stop_ids(tokenizer, model) -> set[int]:
     ids = {tokenizer.eos_token_id}
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(eos if isinstance(eos, list) else [eos])
-    ids.add(_im_end_id(tokenizer))
+    ids.add(end_of_turn_id(tokenizer))
     return {i for i in ids if i is not None}
 
 

@@ -201,14 +201,20 @@ class Registry:
         return f"{prefix}-v{max(taken, default=-1) + 1}"
 
     # -- publishing -----------------------------------------------------------------------
+    def check_new_name(self, name: str, hint: str = "") -> str:
+        """``name`` if it is valid and no version has it yet (versions are never overwritten); else RegistryError."""
+        name = check_name(name)
+        if name == SFT or any(v.name == name for v in self.list(None)):
+            raise RegistryError(f"version {name!r} exists already in {self.versions_dir}; versions are never "
+                                f"overwritten" + (f": {hint}" if hint else ""))
+        return name
+
     def publish(self, src_dir: Path, card: dict, name: str | None = None) -> Version:
         """Copy ``src_dir`` in as a new version, atomically. Returns the published version."""
         kind = card.get("kind")
         if kind not in KINDS:
             raise RegistryError(f"card kind must be one of {KINDS}")
-        name = check_name(name or self.next_name(kind))
-        if name == SFT or any(v.name == name for v in self.list(None)):
-            raise RegistryError(f"version {name!r} exists already; versions are never overwritten")
+        name = self.check_new_name(name or self.next_name(kind))
         src_dir = Path(src_dir)
         for required in REQUIRED_FILES[kind]:
             if not (src_dir / required).is_file():

@@ -1,6 +1,7 @@
 """PPO-max end to end on a tiny random model: a full iteration, resume after a crash, the guard."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -229,3 +230,22 @@ def test_an_existing_version_name_is_refused_before_training(tiny_settings, tiny
         with pytest.raises(RegistryError, match="exists already"):
             train(tiny_cfg(tmp_path, name=taken), tiny_settings)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing ran
+
+
+def test_ptx_term_from_answer_logprobs_equals_the_loss_on_full_logits(tiny_settings, tiny_reward, tmp_path):
+    from training import losses as L
+    from training.actor_critic import ActorCriticRoles
+
+    torch.manual_seed(0)
+    cfg = PPOConfig(reward_model="reward-v5", lora_r=4, lora_alpha=8, lora_layers=1, critic_from_reward=False)
+    roles = ActorCriticRoles.build(tiny_settings, Registry(tiny_settings.versions_dir), cfg)
+    ids = torch.tensor([[5, 6, 7, 8, 0], [9, 10, 11, 12, 13]])
+    attn = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    mask = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 1]])
+    logp, _ = roles.token_logprobs("policy", ids, attn, mask, grad=True)
+    expected = L.ptx_loss(roles.logits("policy", ids, attn)[:, :-1], ids[:, 1:], mask)
+    torch.testing.assert_close(-L.masked_mean(logp, mask), expected, rtol=1e-5, atol=1e-5)
+    # and a run with the ptx term logs it every policy update
+    train(tiny_cfg(tmp_path, ptx_coef=0.5, publish=False), tiny_settings)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert math.isfinite(rows[-1]["policy/ptx_loss"])

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from rlhf_demo.base_model import load_base_model
-from rlhf_demo.generation import stop_ids
+from rlhf_demo.generation import end_of_turn_id, stop_ids
 from rlhf_demo.registry import Registry
 from training import losses as L
 from training import roles as R
@@ -123,11 +123,10 @@ class ActorCriticRoles:
         self.reward_name = reward_name
         self.model.eval()
         R.contiguous_lm_head_input(self.model)  # decode: no 450 MB weight copy at each batch's prefill
-        # the token that ends an answer (kept in a rollout that reached it); looked up once: get_vocab() copies the
-        # whole 49k-entry vocabulary into a dict (~17 ms) at every call
-        vocab_has_im_end = "<|im_end|>" in tokenizer.get_vocab()
-        self.end_of_turn_id = (tokenizer.convert_tokens_to_ids("<|im_end|>") if vocab_has_im_end
-                               else min(stop_ids(tokenizer, model)))
+        # the token that ends an answer (kept in a rollout that reached it)
+        self.end_of_turn_id = end_of_turn_id(tokenizer)
+        if self.end_of_turn_id is None:
+            self.end_of_turn_id = min(stop_ids(tokenizer, model))
         self._switch = R.AdapterSwitch(self.model) if R.AdapterSwitch.supported(self.model) else None
         self._params: dict[str, list[torch.nn.Parameter]] = {}
         # the reward model reads the shared trunk too when its adapter starts at or above the split

@@ -40,7 +40,7 @@ import torch
 
 from rlhf_demo.config import Settings
 from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch
-from rlhf_demo.registry import Registry, RegistryError, check_name
+from rlhf_demo.registry import Registry, check_name
 from training import distributed as dist
 from training import losses as L
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -346,8 +346,8 @@ def ppo_update(roles: ActorCriticRoles, ro: Rollout, ex: Experience, cfg: PPOCon
                     loss = loss - cfg.entropy_coef * L.masked_mean(entropy, mask)
                 if cfg.ptx_coef and ptx_batch is not None:
                     p_ids, p_attn, p_mask = ptx_batch
-                    p_logits = roles.logits("policy", p_ids, p_attn, grad=True)[:, :-1]
-                    ptx = L.ptx_loss(p_logits, p_ids[:, 1:], p_mask)
+                    p_logp, _ = roles.token_logprobs("policy", p_ids, p_attn, p_mask, grad=True)  # no [B, T, V]
+                    ptx = -L.masked_mean(p_logp, p_mask)  # = L.ptx_loss on the logits
                     loss = loss + cfg.ptx_coef * ptx
                     _add(stats, "policy/ptx_loss", ptx.item())
                 policy_opt.zero_grad(set_to_none=True)
@@ -613,11 +613,9 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         if name:
             check_name(name)  # a bad version name (e.g. '../x') is refused now, not after the run
     registry = Registry(settings.versions_dir)
-    if cfg.publish and cfg.name:  # fail now, not after the run: versions are never overwritten
-        target = Registry(Path(cfg.publish_dir), package_dir=None) if cfg.publish_dir else registry
-        if cfg.name == "sft" or any(v.name == cfg.name for v in target.list(None)):
-            raise RegistryError(f"version {cfg.name!r} exists already in {target.versions_dir} and versions are "
-                                "never overwritten: pass another --name (e.g. the next rlhf-vN) or --no-publish")
+    target = Registry(Path(cfg.publish_dir), package_dir=None) if cfg.publish_dir else registry  # where to publish
+    if cfg.publish and cfg.name:  # fail now, not after the run
+        target.check_new_name(cfg.name, hint="pass another --name (e.g. the next rlhf-vN) or --no-publish")
     run_dir = Path(cfg.run_dir) if cfg.run_dir else settings.data_dir / "runs" / time.strftime("ppo-%Y%m%d-%H%M%S")
     run_dir = dist.broadcast_object(run_dir)  # one run dir for all ranks (named by the main rank's clock)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -751,7 +749,6 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
                 "command": "python -m training.ppo " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ppo.py") else None}
         if world > 1:  # --rollout-batch-size was per process
             card["data_parallel"] = summary["data_parallel"]
-        target = Registry(Path(cfg.publish_dir), package_dir=None) if cfg.publish_dir else registry
         version = target.publish(run_dir / "best", card, name=cfg.name or None)
         summary["published"] = version.name
         print(f"[ppo] published {version.name} (best iteration {best['step']}) at {version.path}", file=sys.stderr)
