@@ -41,11 +41,12 @@ import json
 import logging
 import random
 import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
+
+from rlhf_demo.splits import normalize_text  # one normalisation for every overlap check
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +117,6 @@ class SourceSpec:
 # ---------------------------------------------------------------------------------------------
 # normalisation and keys
 # ---------------------------------------------------------------------------------------------
-def normalize_text(text: str) -> str:
-    """Case-, width- and whitespace-insensitive form of a text (for prompt keys and overlap checks)."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
-    return " ".join(text.split()).strip(" .!?")
-
-
 def prompt_key(messages: list[dict]) -> str:
     """A stable key of a prompt: its normalised messages, role by role."""
     return "\n".join(f"{m['role']}: {normalize_text(m['content'])}" for m in messages)

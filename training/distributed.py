@@ -62,7 +62,7 @@ def init(settings):
     """Join the process group when launched with several processes; returns the settings this rank uses.
 
     The backend follows the trainer's device: NCCL when it is CUDA (each rank then pins its own GPU,
-    ``cuda:<LOCAL_RANK>``), gloo otherwise (``--device auto`` means CPU under ACCELERATE_USE_CPU=true).
+    ``cuda:<LOCAL_RANK>``; with fewer GPUs than ranks they share them through gloo), gloo otherwise (``--device auto`` means CPU under ACCELERATE_USE_CPU=true).
     Without a launcher: the settings unchanged, no group.
     """
     if not launched():
@@ -70,11 +70,16 @@ def init(settings):
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     device = "cpu" if use_cpu and settings.device == "auto" else settings.resolved_device()
     on_gpu = device.startswith("cuda")
+    backend = "gloo"
     if on_gpu:
-        device = f"cuda:{local_rank()}"
+        gpus = torch.cuda.device_count()
+        # one GPU per process with NCCL; fewer GPUs than processes (a check on a one-GPU machine):
+        # ranks share the GPUs round-robin and talk through gloo, since NCCL refuses two ranks on one device
+        backend = "nccl" if gpus >= world_size() else "gloo"
+        device = f"cuda:{local_rank() % max(gpus, 1)}"
         torch.cuda.set_device(device)
     if not is_distributed():
-        dist.init_process_group("nccl" if on_gpu else "gloo", timeout=datetime.timedelta(minutes=60))
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=60))
     return dataclasses.replace(settings, device=device)
 
 
