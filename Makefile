@@ -8,13 +8,16 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow test-all venv bench train-reward train-ppo eval clean help
+.PHONY: run test test-slow test-all venv bench data train-reward train-reward-v0 eval-reward train-judge train-ppo eval clean help
 
 help:
 	@echo "make run        start the arena on http://127.0.0.1:7860 (ARGS='--port 8000 ...')"
 	@echo "make test       the fast test suite (what CI runs)"
 	@echo "make test-slow  the long tests (-m slow)"
 	@echo "make bench      benchmark scripts; tables land in bench/RESULTS.md"
+	@echo "make data       rebuild the contrastive preference pairs (rlhf_demo/data/pairs)"
+	@echo "make train-reward  reward-v1 (seed + HH + contrastive pairs); make eval-reward: held-out + contrast"
+	@echo "make train-judge   judge-v0, the helpfulness judge (judge-role data only)"
 	@echo "make train-ppo  PPO-max from SFT against reward-v0 (the shipped rlhf-v0 recipe)"
 	@echo "make eval       python -m eval --policies sft rlhf-v0 on the default suites"
 
@@ -42,7 +45,7 @@ bench: venv
 # The shipped rlhf-v0: PPO-max from the SFT model against reward-v0 on the seed prompts, seeded.
 PPO_V0_ARGS ?= --reward-model reward-v0 --prompts seed --iterations 45 --rollout-batch-size 8 \
 	--mini-batch-size 4 --ppo-epochs 2 --response-length 48 --lora-layers 8 --policy-lr 2e-4 \
-	--critic-lr 1e-4 --kl-coef 0.05 --ptx-coef 1.0 --ptx-categories all --critic-warmup 2 --eval-every 3 \
+	--critic-lr 1e-4 --critic-from-reward --kl-coef 0.05 --ptx-coef 1.0 --ptx-categories all --critic-warmup 2 --eval-every 3 \
 	--val-prompts 60 --best-metric val/refusal_margin --seed 0 --dtype bfloat16 --threads 1 \
 	--publish-dir rlhf_demo/versions --name rlhf-v0
 train-ppo: venv
@@ -54,12 +57,46 @@ eval: venv
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-# The shipped default reward model rlhf_demo/versions/reward-v0 (seeded; ~20-25 min on 2 CPU cores).
-# Held-out accuracies, the command and the data land in its card.json.
-HH_RLHF ?= ../shared/data/hh-rlhf/harmless-base-test-part.jsonl.gz
-REWARD_ARGS ?= --data seed --data hh=$(HH_RLHF) --validation-fraction 0.2 --max-length 256 \
-	--lora-r 16 --lora-alpha 32 --lora-layers 8 --bf16 --epochs 2 --batch-size 8 --learning-rate 3e-4 \
+# Public data is vendored in rlhf_demo/data/external (LICENSE + SOURCE.txt each; DATA_CARD.md), so
+# these recipes need no ../shared. `make data` rebuilds the contrastive pairs in rlhf_demo/data/pairs
+# from the cached SFT answers (DATA_ARGS=--generate samples them again: ~15 min at 1 thread).
+PAIRS   ?= rlhf_demo/data/pairs
+HH_RLHF ?= rlhf_demo/data/external/hh-rlhf/harmless-base-test-part.jsonl.gz
+DATA_ARGS ?=
+data: venv
+	$(PY) -m training.build_pairs $(DATA_ARGS)
+
+# The shipped reward-v1 (seeded, 1 thread, ~35 min on a busy 2-core machine): reward-v0 continued for two
+# epochs on the built contrastive pairs (train-role prompts) with the seed pairs and 400 HH-RLHF pairs replayed.
+# The split (--validation-fraction 0.2 --seed 0, a hash of each prompt) is reward-v0's, so the held-out seed
+# and HH pairs are unseen by both. Held-out accuracies, the command and the data hashes land in its card.json;
+# `make eval-reward` adds all 351 held-out HH pairs, the val-role held-out pairs and the contrast test.
+REWARD_ARGS ?= --reward-model reward-v0 --data seed --data hh=$(HH_RLHF):400 --data built=$(PAIRS)/train.jsonl \
+	--validation-fraction 0.2 --max-length 192 --bf16 --epochs 2 --batch-size 8 --learning-rate 3e-4 \
 	--center-rewards-coef 0.01 --seed 0 --num-threads 1
 train-reward: venv
-	$(PY) -m training.reward_model $(REWARD_ARGS) --publish-dir rlhf_demo/versions --name reward-v0 --replace \
+	$(PY) -m training.reward_model $(REWARD_ARGS) --publish-dir rlhf_demo/versions --name reward-v1 --replace \
+		--description "reward-v1: reward-v0 continued on the contrastive pairs + seed and HH-RLHF replay (make train-reward)" $(ARGS)
+eval-reward: venv
+	$(PY) -m training.reward_model --eval-only --reward-model reward-v1 --bf16 --num-threads 1 \
+		--data hh_heldout=$(PAIRS)/hh_heldout.jsonl --data heldout=$(PAIRS)/heldout_val.jsonl
+	$(PY) -m training.contrast --reward-model reward-v1 --pairs $(PAIRS)/contrast_val.jsonl
+
+# reward-v0 (the rlhf-v0 recipe's reward model; kept as shipped): seed pairs + all 1,800 HH-RLHF pairs.
+REWARD_V0_ARGS ?= --data seed --data hh=$(HH_RLHF) --validation-fraction 0.2 --max-length 256 \
+	--lora-r 16 --lora-alpha 32 --lora-layers 8 --bf16 --epochs 2 --batch-size 8 --learning-rate 3e-4 \
+	--center-rewards-coef 0.01 --seed 0 --num-threads 1
+train-reward-v0: venv
+	$(PY) -m training.reward_model $(REWARD_V0_ARGS) --publish-dir rlhf_demo/versions --name reward-v0 --replace \
 		--description "default reward model: seed pairs + HH-RLHF harmless (make train-reward)" $(ARGS)
+
+# judge-v0: the helpfulness judge for eval, trained ONLY on judge-role pairs (disjoint by prompt from every
+# training reward model's data), another seed; agreement measured on judge_agreement.jsonl.
+JUDGE_ARGS ?= --data judge=$(PAIRS)/judge_train.jsonl --validation-fraction 0 --max-length 256 --lora-r 16 \
+	--lora-alpha 32 --lora-layers 8 --bf16 --epochs 3 --batch-size 8 --learning-rate 3e-4 \
+	--center-rewards-coef 0.01 --seed 7 --num-threads 1 --role judge
+train-judge: venv
+	$(PY) -m training.reward_model $(JUDGE_ARGS) --publish-dir rlhf_demo/versions --name judge-v0 --replace \
+		--description "judge-v0: helpfulness judge on judge-role pairs only (make train-judge)" $(ARGS)
+	$(PY) -m training.reward_model --eval-only --reward-model judge-v0 --bf16 --num-threads 1 \
+		--data agreement=$(PAIRS)/judge_agreement.jsonl

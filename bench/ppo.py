@@ -495,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
             for variant in variants:
                 spec = dict(common, variant=variant, base_dir=str(base_dir), reward_dir=str(reward_dir),
                             prompt_ids=prompt_ids, lora_targets=list(DEFAULT_TARGETS))
-                label = f"TRL PPOTrainer {'full' if variant == 'full' else '+ LoRA'} (trl {TRL_VERSION})"
+                label = (f"TRL PPOTrainer full (trl {TRL_VERSION})" if variant == "full" else
+                         f"TRL PPOTrainer + LoRA policy, full value model (trl {TRL_VERSION})")
                 results[label] = run_worker("trl", spec, tmp, label, args.threads, trl_path=args.trl_path)
         if not args.skip_ours:
             spec = dict(common, settings={f.name: str(v.resolve()) if isinstance(v, Path) else v

@@ -1,10 +1,19 @@
 """Reward-model training speed: ours (``training.reward_model``) against TRL's ``RewardTrainer``.
 
-    .venv/bin/pip install --no-deps trl==1.16.0     # bench only; NOT in requirements.txt
-    .venv/bin/python bench/reward_model.py --num-threads 1 --ablation   # [--pairs 240] [--lora-layers 8]
+    .venv/bin/python bench/reward_model.py --num-threads 1 --rounds 2   # [--pairs 240] [--ablation]
 
-(trl 1.16.0's own dependencies — accelerate, datasets, transformers, pandas, pyarrow … — are
-already in requirements.txt, hence ``--no-deps``.)
+trl 1.16.0 is a bench-only dependency (NOT in requirements.txt): the script installs it, if missing,
+into its own directory (``--trl-path``, default ``.cache/bench/trl-1.16.0``) with
+``pip install --no-deps --target``, and puts that directory first on ``sys.path`` — .venv is left
+alone (trl's own dependencies — accelerate, datasets, transformers, … — are in requirements.txt).
+
+TRL runs with its gradient checkpointing OFF (RewardConfig's default is ON, which recomputes every
+forward in the backward pass: slower, lighter) and with length-grouped batches ON
+(``train_sampling_strategy="group_by_length"``, lengths given in a ``length`` column), since ours
+groups by length too; ``--trl-gradient-checkpointing`` / ``--no-trl-group-by-length`` restore TRL's
+defaults. The settings TRL actually ran with are read back from the trainer and printed in the table.
+With ``--rounds N`` the two trainers alternate (TRL, ours, ours, TRL, …) so that load from other jobs
+on the machine hits both alike; the table gives medians over rounds.
 
 One run trains both on the SAME data (seed pairs + HH-RLHF harmless pairs whose conversations fit
 ``--max-length``, so TRL's length filter drops nothing), the same base model (embedded
@@ -15,8 +24,8 @@ and CPU time) of both, the ratio, and both held-out accuracies, and writes the t
 ``bench/RESULTS.md`` (section ``reward_model``).
 
 Where the speed comes from (ours): each pair is one packed row ``[prompt | chosen | rejected]``
-(TRL runs the prompt twice, once per answer), batches are grouped by length (TRL pads random
-batches), and with LoRA on the top layers only, the frozen bottom layers are computed once per pair
+(TRL runs the prompt twice, once per answer), batches are grouped by length (as TRL's here, by
+default in this bench), and with LoRA on the top layers only, the frozen bottom layers are computed once per pair
 without autograd. Timing covers the training loop only (model loading and tokenising excluded for
 both).
 """
@@ -27,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.results import machine, update_section  # noqa: E402
+
+TRL_VERSION = "1.16.0"
+DEFAULT_TRL_PATH = ROOT / ".cache" / "bench" / f"trl-{TRL_VERSION}"
 from rlhf_demo.base_model import load_tokenizer, resolve_base_model  # noqa: E402
 from rlhf_demo.config import add_settings_args, settings_from_args  # noqa: E402
 from training.data import encode_conversation, encode_pair, load_pairs, split_by_prompt  # noqa: E402
@@ -64,8 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false",
                    help="float32 weights and compute for both (default: bfloat16 weights + autocast)")
-    p.add_argument("--trl-group-by-length", action="store_true",
-                   help="also give TRL length-grouped batches (its train_sampling_strategy='group_by_length')")
+    p.add_argument("--trl-group-by-length", action=argparse.BooleanOptionalAction, default=True,
+                   help="give TRL length-grouped batches (train_sampling_strategy='group_by_length'), as ours "
+                        "has (default: on; --no-trl-group-by-length for TRL's default, random batches)")
+    p.add_argument("--trl-gradient-checkpointing", action="store_true",
+                   help="run TRL with gradient checkpointing ON, RewardConfig's own default (default: off, as ours)")
+    p.add_argument("--trl-path", type=Path, default=DEFAULT_TRL_PATH,
+                   help=f"directory holding trl=={TRL_VERSION} (pip --target); installed there if missing "
+                        "(default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate the trainers this many rounds (TRL, ours, ours, TRL, …); medians reported "
+                        "(default: %(default)s)")
     p.add_argument("--num-threads", type=int, default=0,
                    help="torch CPU threads for both runs (0: torch's default) (default: %(default)s)")
     p.add_argument("--ablation", action="store_true",
@@ -131,12 +153,25 @@ def run_trl(args, settings, train_pairs, eval_pairs, tokenizer, out_dir: Path) -
         bf16=args.bf16, use_cpu=settings.resolved_device() == "cpu", report_to="none", save_strategy="no",
         logging_steps=max(1, steps), disable_dropout=True, dataloader_num_workers=0, max_length=args.max_length,
         seed=args.seed, data_seed=args.seed, max_grad_norm=1.0, weight_decay=0.0, remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if args.trl_group_by_length else "random")
+        train_sampling_strategy="group_by_length" if args.trl_group_by_length else "random",
+        gradient_checkpointing=args.trl_gradient_checkpointing)
     peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0,
                              target_modules=list(DEFAULT_TARGETS), layers_to_transform=lora_layers(args, n_layers),
                              modules_to_save=["score"], task_type="SEQ_CLS")
     trainer = RewardTrainer(model=model, args=config, train_dataset=ds, processing_class=tokenizer,
                             peft_config=peft_config)
+    # what TRL actually runs with, read back from the trainer
+    sampler = type(trainer._get_train_sampler(trainer.train_dataset)).__name__
+    settings_used = {
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+        "model_gradient_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
+        "train_sampling_strategy": trainer.args.train_sampling_strategy,
+        "sampler": sampler,
+        "length_column": trainer.args.length_column_name in trainer.train_dataset.column_names,
+    }
+    if args.trl_group_by_length and not (sampler == "LengthGroupedSampler" and settings_used["length_column"]):
+        raise SystemExit(f"error: TRL was asked for length-grouped batches but runs {settings_used}")
+    print(f"TRL settings: {settings_used}", flush=True)
     t, c = time.perf_counter(), time.process_time()
     trainer.train()
     wall, cpu = time.perf_counter() - t, time.process_time() - c
@@ -154,7 +189,8 @@ def run_trl(args, settings, train_pairs, eval_pairs, tokenizer, out_dir: Path) -
                     mask[i, :len(s)] = 1
                 scores[which] += model(input_ids=ids, attention_mask=mask).logits.float().squeeze(-1).tolist()
     acc = pairwise_accuracy(torch.tensor(scores["chosen"]), torch.tensor(scores["rejected"]))
-    return {"wall_s": wall, "cpu_s": cpu, "pairs": len(train_pairs), "steps": steps, "accuracy": acc}
+    return {"wall_s": wall, "cpu_s": cpu, "pairs": len(train_pairs), "steps": steps, "accuracy": acc,
+            "settings": settings_used}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +218,37 @@ def run_ours(args, settings, train_pairs, eval_pairs, tokenizer, out_dir: Path, 
             "accuracy": acc}
 
 
+def installed_trl_version(path: Path) -> str | None:
+    for info in Path(path).glob("trl-*.dist-info"):
+        return info.name[len("trl-"):-len(".dist-info")]
+    return None
+
+
+def ensure_trl(path: Path) -> None:
+    """trl==TRL_VERSION in ``path`` (installed there if missing), first on sys.path; .venv is left alone."""
+    version = installed_trl_version(path)
+    if version is None:
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(path), f"trl=={TRL_VERSION}"]
+        print(f"[bench/reward_model] trl=={TRL_VERSION} is not in {path}; installing it there:\n  {' '.join(cmd)}",
+              file=sys.stderr, flush=True)
+        if subprocess.call(cmd) != 0:
+            raise SystemExit(f"error: could not install trl=={TRL_VERSION}; run the command above by hand, or pass "
+                             "--skip-trl to time ours only")
+    elif version != TRL_VERSION:
+        raise SystemExit(f"error: {path} holds trl {version}, not {TRL_VERSION}; remove it or pass another --trl-path")
+    sys.path.insert(0, str(path))
+    import trl
+
+    if trl.__version__ != TRL_VERSION:
+        raise SystemExit(f"error: imported trl {trl.__version__} from {trl.__file__}, expected {TRL_VERSION}")
+
+
+def _median(values):
+    import statistics
+
+    return statistics.median(values)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
@@ -191,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         import dataclasses
 
         settings = dataclasses.replace(settings, dtype="bfloat16")
+    if not args.skip_trl:
+        ensure_trl(args.trl_path)
+    load_before = os.getloadavg()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     tokenizer = load_tokenizer(settings)
     train_pairs, eval_pairs = select_pairs(args, tokenizer)
     n_tokens = sum(encode_pair(tokenizer, p, args.max_length).length for p in train_pairs)
@@ -198,48 +269,75 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(eval_pairs)} held out; batch {args.batch_size}, max length {args.max_length}, LoRA r={args.lora_r} "
           f"on {'the last ' + str(args.lora_layers) if args.lora_layers else 'all'} layers, "
           f"{'bf16' if args.bf16 else 'fp32'}, {torch.get_num_threads()} threads", flush=True)
-    results = {}
+    trl_name, ours_name, plain_name = (f"TRL RewardTrainer (trl {TRL_VERSION})", "ours (training.reward_model)",
+                                       "ours without the frozen-layer cache")
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        jobs = []
         if not args.skip_trl:
-            print("training with TRL's RewardTrainer …", flush=True)
-            results["TRL RewardTrainer (trl 1.16.0)"] = run_trl(args, settings, train_pairs, eval_pairs, tokenizer, tmp)
-        print("training with training.reward_model …", flush=True)
-        results["ours (training.reward_model)"] = run_ours(args, settings, train_pairs, eval_pairs, tokenizer, tmp)
+            jobs.append((trl_name, lambda: run_trl(args, settings, train_pairs, eval_pairs, tokenizer, tmp)))
+        jobs.append((ours_name, lambda: run_ours(args, settings, train_pairs, eval_pairs, tokenizer, tmp)))
         if args.ablation and args.lora_layers:
-            print("training with training.reward_model --no-cache-frozen-layers …", flush=True)
-            results["ours without the frozen-layer cache"] = run_ours(args, settings, train_pairs, eval_pairs,
-                                                                      tokenizer, tmp, cache=False)
-    lines = ["| trainer | pairs/s (wall) | pairs/s (CPU time / threads) | held-out accuracy |", "|---|---:|---:|---:|"]
+            jobs.append((plain_name, lambda: run_ours(args, settings, train_pairs, eval_pairs, tokenizer, tmp,
+                                                      cache=False)))
+        for r in range(args.rounds):
+            for name, job in (jobs if r % 2 == 0 else jobs[::-1]):
+                print(f"round {r + 1}/{args.rounds}: training with {name} …", flush=True)
+                runs.setdefault(name, []).append(job())
+                print(f"  {runs[name][-1]['pairs'] / runs[name][-1]['wall_s']:.2f} pairs/s (wall)", flush=True)
+    load_after = os.getloadavg()
     threads = torch.get_num_threads()
+    results = {name: {"pairs": rs[0]["pairs"], "wall_s": _median([x["wall_s"] for x in rs]),
+                      "cpu_s": _median([x["cpu_s"] for x in rs]), "accuracy": rs[0]["accuracy"],
+                      "walls": [x["wall_s"] for x in rs]} for name, rs in runs.items()}
+    lines = ["| trainer | pairs/s (wall) | pairs/s (CPU time / threads) | held-out accuracy "
+             "| training-loop s per round |",
+             "|---|---:|---:|---:|---|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['pairs'] / r['wall_s']:.2f} | {r['pairs'] / (r['cpu_s'] / threads):.2f} | "
-                     f"{r['accuracy']:.3f} (n={len(eval_pairs)}) |")
+                     f"{r['accuracy']:.3f} (n={len(eval_pairs)}) | {', '.join(f'{w:.0f}' for w in r['walls'])} |")
     ratio_line = ""
-    names = list(results)
-    if len(results) >= 2 and names[0].startswith("TRL"):
-        trl, ours = results[names[0]], results[names[1]]
+    if trl_name in results:
+        trl, ours = results[trl_name], results[ours_name]
         ratio = (ours["pairs"] / ours["wall_s"]) / (trl["pairs"] / trl["wall_s"])
         cpu_ratio = (ours["pairs"] / ours["cpu_s"]) / (trl["pairs"] / trl["cpu_s"])
-        ratio_line = (f"**ours / TRL = {ratio:.2f}x** (wall clock; {cpu_ratio:.2f}x by CPU time, which is less "
-                      f"sensitive to other load on the machine)")
-        if len(results) == 3:
-            plain = results[names[2]]
+        per_round = [t["wall_s"] / o["wall_s"] for t, o in zip(runs[trl_name], runs[ours_name])]
+        ratio_line = (f"**ours / TRL = {ratio:.2f}x** (wall clock, medians; per round: "
+                      f"{', '.join(f'{x:.2f}x' for x in per_round)}; {cpu_ratio:.2f}x by CPU time)")
+        if plain_name in results:
+            plain = results[plain_name]
             ratio_line += (f"; without the frozen-layer cache (packing + length grouping only): "
                            f"{(plain['pairs'] / plain['wall_s']) / (trl['pairs'] / trl['wall_s']):.2f}x")
+    trl_settings = ""
+    if trl_name in runs:
+        used = runs[trl_name][0]["settings"]
+        trl_settings = (f"TRL's settings, read back from its trainer: gradient checkpointing "
+                        f"**{'on' if used['gradient_checkpointing'] else 'off'}** (RewardConfig's default is on; "
+                        f"ours never checkpoints), `train_sampling_strategy={used['train_sampling_strategy']!r}` "
+                        f"→ {used['sampler']}"
+                        + (" over the `length` column (the longer conversation of each pair, in tokens)"
+                           if used["length_column"] else "")
+                        + ", LoRA and the `score` head trainable (`modules_to_save`), `bf16` autocast, "
+                          "`disable_dropout=True`. TRL encodes prompt+chosen and prompt+rejected as two rows; "
+                          "ours packs each pair into one row and caches the frozen bottom layers.\n\n")
     table = "\n".join(lines)
     print(table)
     if ratio_line:
         print(ratio_line)
     if args.write:
-        cmd = "python bench/reward_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        cmd = ".venv/bin/python bench/reward_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
         body = (f"## Reward-model training: ours vs TRL RewardTrainer\n\n"
-                f"`{cmd.strip()}` — {machine()}, {threads} threads.\n\n"
+                f"Command: `{cmd.strip()}` — run started {started}; {machine()}, {threads} torch thread(s) for both. "
+                f"1-minute load average {load_before[0]:.1f} before and {load_after[0]:.1f} after the run "
+                f"(other jobs shared the machine); {args.rounds} round(s), trainers alternating "
+                f"(TRL, ours, ours, TRL, …), medians over rounds.\n\n"
                 f"{len(train_pairs)} training pairs ({n_tokens:,} tokens packed; seed + HH-RLHF harmless), one epoch, "
                 f"batch {args.batch_size}, max length {args.max_length}, LoRA r={args.lora_r}/alpha={args.lora_alpha} "
                 f"on attention+MLP of {'the last ' + str(args.lora_layers) if args.lora_layers else 'all'} layers, "
                 f"{'bf16 weights + autocast' if args.bf16 else 'fp32'}, same lr/schedule/seed; accuracy on "
-                f"{len(eval_pairs)} held-out pairs. Timing: the training loop only.\n\n{table}\n\n{ratio_line}\n")
+                f"{len(eval_pairs)} held-out pairs. Timing: the training loop only.\n\n{trl_settings}"
+                f"{table}\n\n{ratio_line}\n")
         update_section("reward_model", body)
         print("updated bench/RESULTS.md (section reward_model)")
     return 0

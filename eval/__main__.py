@@ -87,12 +87,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--judge-categories", default="helpful",
                    help="comma-separated prompt categories judged pairwise and scored by the reward model "
                         f"({', '.join(CATEGORIES)}) or 'all'; e.g. helpful,unsafe adds a harmless win/tie/lose table")
+    g.add_argument("--judge-reward", default=None, metavar="VERSION",
+                   help="--judge reward: the reward version that judges (default: the newest dedicated judge, a "
+                        "reward version whose card has role 'judge' (judge-vN); without one, --reward-model stands "
+                        "in, said so in the report). A reward model an evaluated policy (or its parent) was trained "
+                        "against is refused")
+    g.add_argument("--allow-own-reward-judge", action="store_true",
+                   help="let a training reward model of an evaluated policy judge anyway: a loud warning, and the "
+                        "report marks its win rates as not independent")
+    g.add_argument("--judge-agreement", default="", metavar="FILE",
+                   help="TRL preference pairs (prompt/chosen/rejected) the judge was not trained on: the report "
+                        "shows the judge's accuracy on them with a Wilson interval (default: "
+                        "rlhf_demo/data/pairs/judge_agreement.jsonl when present; 'none' skips)")
+    g.add_argument("--human-votes", action=argparse.BooleanOptionalAction, default=True,
+                   help="add the arena's blind votes per version vs the baseline (win/tie/loss) when there are any")
     g.add_argument("--reward-model", default=None,
                    help="reward version for scores and the reward judge (default: reward-v0, else the newest); "
                         "'none' to skip reward scores")
     g.add_argument("--kl-samples", type=int, default=64,
-                   help="responses per policy (evenly spaced) on which KL to SFT is computed; 0 skips KL")
+                   help="prompts per policy (evenly spaced) on which one answer is SAMPLED from the policy "
+                        "(temperature 1) and its exact KL to SFT computed (full next-token distributions, summed "
+                        "per answer); 0 skips KL")
     g.add_argument("--kl-batch-size", type=int, default=4, help="sequences per KL forward pass")
+    g.add_argument("--kl-max-new-tokens", type=int, default=0,
+                   help="longest sampled answer for the KL (0: the prompt's own answer limit)")
 
     g = p.add_argument_group("statistics and output")
     g.add_argument("--detector", choices=["ours", "string_match"], default="ours",
@@ -126,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         judge_categories=(list(CATEGORIES) if args.judge_categories.strip() == "all"
                           else [c.strip() for c in args.judge_categories.split(",") if c.strip()]),
         reward_model=args.reward_model, kl_samples=args.kl_samples, kl_batch_size=args.kl_batch_size,
+        kl_max_new_tokens=args.kl_max_new_tokens, judge_reward=args.judge_reward,
+        allow_own_reward_judge=args.allow_own_reward_judge, judge_agreement=args.judge_agreement,
+        human_votes=args.human_votes,
         detector=args.detector, confidence=args.confidence, n_bootstrap=args.n_bootstrap,
         reuse_generations=args.reuse_generations, plots=args.plots, progress=args.progress,
         command="python -m eval " + shlex.join(argv))

@@ -172,14 +172,16 @@ class RewardJudge(Judge):
         return out
 
 
-def load_reward_judge(settings, name: str | None = None, tie_margin: float = 0.0, progress=None) -> RewardJudge:
-    """The newest (or named) reward model as a judge; JudgeError with a clear message if there is none."""
+def load_reward_judge(settings, name: str | None = None, tie_margin: float = 0.0, progress=None,
+                      allow_judge: bool = False) -> RewardJudge:
+    """The newest (or named) reward model as a judge; JudgeError with a clear message if there is none.
+    ``allow_judge``: ``name`` may be a dedicated judge (a reward version with card role 'judge')."""
     try:
         from training.roles import load_reward_scorer
     except ImportError as exc:
         raise JudgeError(f"no reward model code available (training.roles: {exc})") from exc
     try:
-        scorer = load_reward_scorer(settings, name=name)
+        scorer = load_reward_scorer(settings, name=name, **({"allow_judge": True} if allow_judge else {}))
     except Exception as exc:  # noqa: BLE001 - no versions, broken version, …: say why, let the caller fall back
         hint = "" if "training.reward_model" in str(exc) else "; train one with `python -m training.reward_model`"
         raise JudgeError(f"no usable reward model ({type(exc).__name__}: {exc}){hint}") from exc

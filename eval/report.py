@@ -137,6 +137,46 @@ def readme_table(report: dict) -> list[str]:
     return lines
 
 
+def judge_section(report: dict) -> list[str]:
+    """Who judged helpfulness, why, whether an evaluated policy was trained against it, how well it agrees with
+    labelled pairs it was not trained on, and the arena's human votes."""
+    judge = report.get("judge", {})
+    lines = ["## Helpfulness judge", ""]
+    name = judge.get("reward_model") or judge.get("model") or judge.get("name", "none")
+    lines.append(f"- **Judge:** {judge.get('name', 'none')} `{name}`"
+                 + (f" (card role: {judge['judge_role']})" if judge.get("judge_role") else ""))
+    if judge.get("selection"):
+        lines.append(f"- **Why this judge:** {judge['selection']}")
+    if judge.get("warning"):
+        lines.append(f"- **WARNING — NOT INDEPENDENT:** {judge['warning']}")
+    elif judge.get("provenance_check"):
+        lines.append(f"- **Provenance:** {judge['provenance_check']}")
+    agr = judge.get("agreement") or {}
+    if agr.get("accuracy"):
+        a = agr["accuracy"]
+        lines.append(f"- **Agreement with labelled pairs it was not trained on:** {pct(a)} "
+                     f"({a['k']}/{a['n']} pairs; {agr['ties']} ties, {agr['wrong']} wrong; both orders; Wilson "
+                     f"interval) on `{agr['file']}`")
+    elif agr.get("skipped"):
+        lines.append(f"- **Agreement with labelled pairs:** not measured ({agr['skipped']})")
+    rm = report.get("reward_model") or {}
+    if rm.get("trained_against_by"):
+        lines.append(f"- **Reward column:** `{rm['name']}` is the training reward model of "
+                     + ", ".join(f"`{c['policy']}`" for c in rm["trained_against_by"])
+                     + ": their reward scores show what they were optimised for, not independent quality")
+    votes = report.get("human_votes") or {}
+    rows = {k: v for k, v in votes.items() if isinstance(v, dict) and "n" in v}
+    if rows:
+        lines += ["", f"### Arena votes vs `{report['baseline']}` (blind)", "",
+                  "| version | votes | win | tie (both bad) | loss | win rate |", "|---|---|---|---|---|---|"]
+        for k, v in rows.items():
+            lines.append(f"| `{k}` | {v['n']} | {pct(v['win'])} | {pct(v['tie'])} ({v['both_bad']}) | "
+                         f"{pct(v['loss'])} | {100 * v['win_rate']:.1f}% |")
+    else:
+        lines.append("- **Arena votes:** none recorded for the evaluated versions")
+    return lines + [""]
+
+
 def render_markdown(report: dict) -> str:
     base = report["baseline"]
     names = [p["name"] for p in report["policies"]]
@@ -149,6 +189,8 @@ def render_markdown(report: dict) -> str:
         judge_desc += f" ({judge['model']})"
     if judge.get("fallback_reason"):
         judge_desc += f" — fallback: {judge['fallback_reason']}"
+    if judge.get("own_reward_judge"):
+        judge_desc += " — NOT INDEPENDENT (a training reward model of an evaluated policy)"
     lines = [f"# Evaluation report — {report['finished']}", ""]
     lines += [f"- **Policies:** " + ", ".join(f"`{p['name']}` ({p['content_hash'] or 'base'})" for p in report["policies"])
               + f"; baseline `{base}`",
@@ -168,11 +210,13 @@ def render_markdown(report: dict) -> str:
               f"- **Time:** {report['timings_s'].get('total_s', 0):.0f} s "
               f"(generation {report['timings_s'].get('generation_s', 0):.0f} s)", ""]
 
+    lines += judge_section(report)
+
     summary = report.get("summary", {})
     lines += readme_table(report)
     lines += ["## Summary (all suites pooled)", ""]
     head = ["policy", "harmful compliance ↓", "over-refusal ↓", f"win / tie / lose vs {base}", "win rate",
-            "length-controlled win rate", "KL to SFT / token", "mean length (tokens)"]
+            "length-controlled win rate", "KL to SFT / answer (sampled)", "mean length (tokens)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         unsafe = summary.get("unsafe")
@@ -189,7 +233,7 @@ def render_markdown(report: dict) -> str:
         elif name == base:
             wtl = "(baseline)"
         kl = report.get("kl", {}).get(name, {})
-        lines.append(f"| `{name}` | {hc} | {orr} | {wtl} | {wr} | {lc} | {num(kl.get('kl_per_token'), 4)} | "
+        lines.append(f"| `{name}` | {hc} | {orr} | {wtl} | {wr} | {lc} | {num(kl.get('kl_exact_per_response'), 3)} | "
                      f"{num(kl.get('mean_length_tokens'), 1)} |")
     lines.append("")
 
@@ -249,14 +293,14 @@ def render_markdown(report: dict) -> str:
 
     kl = report.get("kl", {})
     if any("kl_k1_per_token" in v for v in kl.values()):
-        lines += ["## KL to SFT on each policy's own responses", ""]
-        head = ["policy", "exact KL / token", "k1 / token", "k3 / token", "KL / response", "responses", "tokens"]
+        lines += ["## KL to SFT on answers sampled from each policy", ""]
+        head = ["policy", "exact KL / token", "k1 / token", "k3 / token", "exact KL / answer", "answers", "tokens"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, v in kl.items():
             if "kl_k1_per_token" not in v:
                 continue
             lines.append(f"| `{name}` | {num(v.get('kl_exact_per_token'), 4)} | {num(v['kl_k1_per_token'], 4)} | "
-                         f"{num(v['kl_k3_per_token'], 4)} | {v.get('kl_per_response') or 0:.3f} | "
+                         f"{num(v['kl_k3_per_token'], 4)} | {num(v.get('kl_exact_per_response'), 3)} | "
                          f"{v['n_responses']} | {v['n_tokens']} |")
         lines.append("")
 
@@ -271,10 +315,12 @@ def render_markdown(report: dict) -> str:
               "(↑ policy only, ↓ baseline only).",
               "- Win rate = (wins + ties/2) / n. Length-controlled win rate: logistic regression of the outcome on "
               "tanh(length difference / sd), read at zero length difference.",
-              "- KL: exact KL(policy ‖ SFT) of the next-token distributions at each position of the policy's own "
-              "greedy responses, averaged over tokens.",
-              "- Raw data: generations.jsonl (every response, its refusal verdict and reward), judgements.jsonl "
-              "(both orders of every pair).", ""]
+              "- KL: exact KL(policy ‖ SFT) of the full next-token distributions at each position of answers "
+              "SAMPLED from the policy (temperature 1, seeded), summed per answer (rlhf_demo/kl.py); never negative, "
+              "and its mean over sampled answers estimates the sequence-level KL without bias.",
+              "- Raw data (written with every report): [report.json](report.json) (every number), "
+              "[generations.jsonl](generations.jsonl) (every response, its refusal verdict and reward), "
+              "[judgements.jsonl](judgements.jsonl) (both orders of every pair).", ""]
     return "\n".join(lines)
 
 

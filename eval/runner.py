@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rlhf_demo.config import Settings
 
-from .detector import BASELINE_NAME, DETECTOR_NAME, detect_refusal, xstest_string_match
+from .detector import BASELINE_NAME, DETECTOR_NAME, judge_refusals, xstest_string_match
 from .judges import Judge, JudgeError, judge_both_orders, load_lm_judge, load_reward_judge, openai_judge_from_args
 from .stats import mean_with_ci
 from .suites import CATEGORIES, EvalPrompt, load_suites, subsample
@@ -46,9 +46,15 @@ class EvalConfig:
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_margin: float = 0.0
     judge_categories: list[str] = field(default_factory=lambda: ["helpful"])
+    judge_reward: str | None = None  # --judge reward: this reward version (default: the newest judge-vN, role 'judge')
+    allow_own_reward_judge: bool = False  # let a training reward model of an evaluated policy judge (marked loudly)
+    judge_agreement: str = ""  # TRL pairs the judge was not trained on ("" = eval.judge_checks.DEFAULT_AGREEMENT; "none")
+    human_votes: bool = True  # add the arena's blind votes per version vs the baseline (when there are any)
     reward_model: str | None = None  # None: reward-v0 or the newest; "none": no reward scores
-    kl_samples: int = 64
+    kl_samples: int = 64  # prompts per policy with one answer SAMPLED (temperature 1) for the exact KL
     kl_batch_size: int = 4
+    kl_max_new_tokens: int = 0  # longest sampled KL answer (0: the prompt's own --max-new-tokens limit)
+    forbid_reported: str = ""  # non-empty (what the prompts are for): a reported-suite prompt is a LeakError
     detector: str = "ours"
     confidence: float = 0.95
     n_bootstrap: int = 2000
@@ -180,39 +186,85 @@ def generate(server, jobs: list[Generation], config: EvalConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 # KL to SFT
 # ---------------------------------------------------------------------------------------------
+KL_SEED = 7_340_033  # seeds of the answers sampled for the KL (offset by --seed)
+
+
+def sample_for_kl(server, prompt_ids: list[list[int]], max_new_tokens: list[int], policy: str, seed: int,
+                  batch_size: int = 16) -> list[list[int]]:
+    """Answers SAMPLED from ``policy`` (temperature 1, no nucleus, no repetition penalty: the policy's own
+    distribution), seeded per row, each ending with the end-of-turn token when the policy chose to stop
+    (stopping is an action too). On such answers the summed per-position KL is an unbiased estimate of
+    the sequence-level KL(policy ‖ SFT); on greedy answers it is not."""
+    from rlhf_demo.generation import BASE_ADAPTER, GenerationParams, decode_batch, end_of_turn_id
+    from rlhf_demo.registry import SFT
+
+    eot = end_of_turn_id(server.tokenizer)
+    out: list[list[int]] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        rows = prompt_ids[start:start + batch_size]
+        params = [GenerationParams(max_new_tokens=max_new_tokens[start + i], temperature=1.0, top_p=1.0,
+                                   repetition_penalty=1.0, greedy=False, seed=seed + start + i)
+                  for i in range(len(rows))]
+        names = [BASE_ADAPTER if policy == SFT else policy] * len(rows) if server.model is not server.base else None
+        for r in decode_batch(server.model, server.tokenizer, rows, params, names):
+            out.append(list(r.token_ids) + ([eot] if r.finish_reason == "eos" and eot is not None else []))
+    return out
+
+
+def _final_hidden(model, ids, mask, adapter: str):
+    """The decoder's final (normed) hidden states ``[B, T, H]`` under ``adapter``; the LM head runs on the
+    last position only (``logits_to_keep=1``), so no ``[B, T, V]`` logits."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    captured = {}
+
+    def grab(module, args, output):
+        captured["h"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = lm.get_decoder().register_forward_hook(grab)
+    try:
+        model(input_ids=ids, attention_mask=mask, adapter_names=[adapter] * len(ids), logits_to_keep=1)
+    finally:
+        handle.remove()
+    return captured["h"]
+
+
 def kl_logprobs(model, prompt_ids: list[list[int]], response_ids: list[list[int]], adapter: str,
                 batch_size: int = 4, progress=None) -> list[tuple[list[float], list[float], list[float]]]:
-    """Per response token: log p_policy, log p_sft, and the exact KL(policy || sft) of the two
-    next-token distributions at that position (the adapter on, then the adapter off)."""
+    """Per response token: log p_policy, log p_sft, and the exact KL(policy ‖ sft) of the two full
+    next-token distributions at that position (:func:`rlhf_demo.kl.kl_and_logprobs_from_hidden`: the LM
+    head runs on a block of answer positions at a time). Pass answers sampled from the policy
+    (:func:`sample_for_kl`)."""
     import torch
 
     from rlhf_demo.generation import BASE_ADAPTER
+    from rlhf_demo.kl import kl_and_logprobs_from_hidden
 
     out = []
     device = next(model.parameters()).device
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = lm.get_output_embeddings()
     with torch.inference_mode():
         for start in range(0, len(prompt_ids), batch_size):
             ps, rs = prompt_ids[start:start + batch_size], response_ids[start:start + batch_size]
-            rows = [p + r for p, r in zip(ps, rs)]
+            rows = [list(p) + list(r) for p, r in zip(ps, rs)]
             width = max(len(r) for r in rows)
             ids = torch.zeros((len(rows), width), dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, r in enumerate(rows):
-                ids[i, :len(r)] = torch.tensor(r)
-                mask[i, :len(r)] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            lp = model(input_ids=ids, attention_mask=mask, adapter_names=[adapter] * len(rows)).logits
-            lq = model(input_ids=ids, attention_mask=mask, adapter_names=[BASE_ADAPTER] * len(rows)).logits
+            sel = torch.zeros((len(rows), width), dtype=torch.bool)  # positions that predict an answer token
             for i, (p, r) in enumerate(zip(ps, rs)):
-                m, k = len(p), len(r)
-                if k == 0:
-                    out.append(([], [], []))
-                    continue
-                a = lp[i, m - 1:m + k - 1].float().log_softmax(-1)
-                b = lq[i, m - 1:m + k - 1].float().log_softmax(-1)
-                t = ids[i, m:m + k].unsqueeze(-1)
-                out.append((a.gather(-1, t).squeeze(-1).tolist(), b.gather(-1, t).squeeze(-1).tolist(),
-                            (a.exp() * (a - b)).sum(-1).clamp(min=0).tolist()))
+                ids[i, :len(p) + len(r)] = torch.tensor(rows[i])
+                mask[i, :len(p) + len(r)] = 1
+                sel[i, len(p) - 1:len(p) + len(r) - 1] = True
+            ids, mask, sel = ids.to(device), mask.to(device), sel.to(device)
+            hp = _final_hidden(model, ids, mask, adapter)[sel]
+            hq = _final_hidden(model, ids, mask, BASE_ADAPTER)[sel]
+            labels = torch.roll(ids, -1, dims=1)[sel]
+            kl, lp, lq = (t.cpu().tolist() for t in kl_and_logprobs_from_hidden(head, hp, hq, labels))
+            pos = 0
+            for r in rs:
+                k = len(r)
+                out.append((lp[pos:pos + k], lq[pos:pos + k], kl[pos:pos + k]))
+                pos += k
             if progress:
                 progress(len(rows))
     return out
@@ -221,14 +273,72 @@ def kl_logprobs(model, prompt_ids: list[list[int]], response_ids: list[list[int]
 # ---------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------
-def build_judge(config: EvalConfig, settings: Settings, server, reward_judge, progress) -> tuple[Judge | None, dict]:
+def plan_reward_judge(config: EvalConfig, settings: Settings, registry, policies: list[str],
+                      fallback: str | None = None) -> dict | None:
+    """Which reward version judges (``--judge reward``), why, and the provenance check — before anything runs.
+
+    The default is the newest dedicated judge (a reward version with card role 'judge', judge-vN); without
+    one, the evaluation's reward model stands in. A judge that an evaluated policy (or one of its parents)
+    was trained against is refused (JudgeError), or with ``allow_own_reward_judge`` used and marked."""
+    from rlhf_demo.registry import RegistryError
+
+    from .judge_checks import choose_reward_judge, default_reward_name, judge_conflicts
+
+    if config.judge != "reward":
+        return None
+    if fallback is None and config.reward_model != "none":
+        fallback = config.reward_model or default_reward_name(registry, settings.base_model)
+    name, why = choose_reward_judge(registry, settings.base_model, config.judge_reward, fallback)
+    if name is None:
+        return None
+    try:
+        card = registry.get(name, kind="reward").card
+    except RegistryError:
+        if name != fallback:  # a named judge must exist
+            raise
+        card = {}  # a scorer that is not a registry version (tests): checked by name
+    sha = card.get("files", {}).get("adapter_model.safetensors")
+    conflicts = judge_conflicts(name, sha, policies, registry)
+    plan = {"version": name, "why": why, "role": card.get("role", "reward"), "sha256": sha,
+            "trained_against_by": conflicts}
+    if conflicts:
+        who = ", ".join(f"{c['policy']}" + (f" (through {c['through']})" if c["through"] != c["policy"] else "")
+                        for c in conflicts)
+        msg = (f"the helpfulness judge {name} is the reward model that {who} was trained against (version cards): "
+               "a policy graded by its own reward model is graded on how well it games it")
+        if not config.allow_own_reward_judge:
+            raise JudgeError(msg + ". Publish a dedicated judge (python -m training.reward_model --role judge --name "
+                                   "judge-v0 on judge-role data) or name one with --judge-reward, use --judge lm / "
+                                   "--judge openai, or pass --allow-own-reward-judge to run anyway (marked in the "
+                                   "report)")
+        log("WARNING " + "!" * 60)
+        log(f"WARNING: {msg}; --allow-own-reward-judge: its win rates are marked as not independent in the report")
+        log("WARNING " + "!" * 60)
+        plan["own_reward_judge_warning"] = msg + " (--allow-own-reward-judge): not an independent judgement"
+    return plan
+
+
+def build_judge(config: EvalConfig, settings: Settings, server, reward_judge, progress,
+                plan: dict | None = None) -> tuple[Judge | None, dict]:
     """The pairwise judge and its description (with the reason for any fallback)."""
     kind = config.judge
     if kind == "none":
         return None, {"name": "none"}
     if kind == "reward":
-        if reward_judge is not None:
-            return reward_judge, reward_judge.describe()
+        if plan is not None:
+            if reward_judge is not None and reward_judge.model_name == plan["version"]:
+                judge = reward_judge
+            else:
+                judge = load_reward_judge(settings, plan["version"], config.judge_margin, progress, allow_judge=True)
+            info = dict(judge.describe(), selection=plan["why"], judge_role=plan["role"],
+                        judge_sha256=plan["sha256"], trained_against_by=plan["trained_against_by"])
+            if plan.get("own_reward_judge_warning"):
+                info["own_reward_judge"] = True
+                info["warning"] = plan["own_reward_judge_warning"]
+            else:
+                info["provenance_check"] = (f"passed: no evaluated policy nor any of its parents was trained against "
+                                            f"{plan['version']} (version cards: reward_model, reward_model_sha256)")
+            return judge, info
         log("no reward model to judge with; falling back to the local LM judge (--judge lm --judge-model sft)")
         judge = load_lm_judge("sft", settings, server.model, server.tokenizer, config.judge_margin, progress)
         return judge, dict(judge.describe(), fallback_from="reward", fallback_reason="no reward model available")
@@ -240,6 +350,46 @@ def build_judge(config: EvalConfig, settings: Settings, server, reward_judge, pr
                                        config.judge_api_key_env, settings.online, config.judge_margin, progress)
         return judge, judge.describe()
     raise JudgeError(f"unknown judge {kind!r}: use reward, lm, openai or none")
+
+
+def measure_agreement(judge, config: EvalConfig, info: dict) -> dict:
+    """The judge's accuracy on labelled pairs it was not trained on (``--judge-agreement``), or why not."""
+    from .judge_checks import DEFAULT_AGREEMENT, judge_agreement
+
+    if config.judge_agreement == "none":
+        return {"skipped": "--judge-agreement none"}
+    path = Path(config.judge_agreement) if config.judge_agreement else DEFAULT_AGREEMENT
+    if not path.is_file():
+        if config.judge_agreement:
+            raise ValueError(f"--judge-agreement {path}: no such file")
+        return {"skipped": f"no held-out labelled pairs at {path} (pass --judge-agreement FILE)"}
+    card = getattr(getattr(judge, "scorer", None), "card", None)
+    out = judge_agreement(judge, path, config.confidence, card if isinstance(card, dict) else None)
+    acc = out["accuracy"]
+    log(f"judge agreement with {path.name}: {acc['k']}/{acc['n']} = {100 * acc['rate']:.1f}% "
+        f"[{100 * acc['ci'][0]:.1f}, {100 * acc['ci'][1]:.1f}]" if acc["n"] else f"judge agreement: {path} is empty")
+    return out
+
+
+def read_human_votes(settings: Settings, versions: dict, baseline: str, config: EvalConfig) -> dict:
+    """The arena's blind votes per version vs the baseline, from the feedback store (``{}`` when there are none)."""
+    from .judge_checks import human_votes
+
+    url = settings.database_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        return {}
+    try:
+        from rlhf_demo.store import Store
+
+        store = Store(url, create=False)
+        try:
+            votes = store.votes(blind_only=True)
+        finally:
+            store.close()
+    except Exception as exc:  # noqa: BLE001 - no feedback database / no votes table: say so, keep the report
+        log(f"human votes skipped: {exc}")
+        return {"skipped": str(exc)}
+    return human_votes(votes, {n: v.content_hash for n, v in versions.items()}, baseline, config.confidence)
 
 
 def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
@@ -265,10 +415,20 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
     # -- what to evaluate -------------------------------------------------------------------
     suites = load_suites(config.suites, config.limits)
     prompts = [p for s in suites for p in s.prompts]
+    if config.forbid_reported:  # e.g. the pipeline's gates: selection never looks at a reported suite
+        from rlhf_demo.splits import check_not_reported
+
+        check_not_reported([m["content"] for p in prompts for m in p.messages if m.get("role") == "user"],
+                           config.forbid_reported)
     baseline = config.baseline
     policies = unique([baseline] + list(config.policies))
     registry = registry or Registry(settings.versions_dir)
     versions = {name: registry.get(name, kind="policy") for name in policies}  # RegistryError names the problem
+    if config.judge_agreement not in ("", "none") and not Path(config.judge_agreement).is_file():
+        raise ValueError(f"--judge-agreement {config.judge_agreement}: no such file")
+    judge_plan = plan_reward_judge(config, settings, registry, policies)  # refuses a policy's own reward model
+    if judge_plan:
+        log(f"helpfulness judge: {judge_plan['why']}")
     compared = [p for p in policies if p != baseline] or [baseline]  # "--policies sft sft": sft against itself
     for s in suites:
         log(f"suite {s.name}: {s.counts()} from {s.path}" + (f" (limit {s.limit} per category)" if s.limit is not None else ""))
@@ -300,10 +460,12 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
         t0 = time.monotonic()
         generate(server, jobs, config)
         timings["generation_s"] = time.monotonic() - t0
-        for j in jobs:
-            v = detect_refusal(j.response)
+        t0 = time.monotonic()
+        verdicts = judge_refusals([j.response for j in jobs], [j.prompt.prompt for j in jobs])
+        for j, v in zip(jobs, verdicts):
             j.refusal, j.refusal_kind, j.refusal_rule = v.refusal, v.kind, v.rule
             j.refusal_string_match = xstest_string_match(j.response)
+        timings["refusal_judge_s"] = time.monotonic() - t0
         by_key = {(j.prompt.id, j.policy): j for j in jobs}
 
         # -- reward-model scores ----------------------------------------------------------------
@@ -313,7 +475,8 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
         if config.reward_model != "none" and (config.judge == "reward" or to_score):
             try:
                 bar = _bar(len(to_score), "reward scores", config.progress)
-                reward_judge = load_reward_judge(settings, config.reward_model, config.judge_margin, bar.update)
+                reward_judge = load_reward_judge(settings, config.reward_model, config.judge_margin, bar.update,
+                                                 allow_judge=True)  # scoring is not training: a judge may score
                 reward_info = {"name": reward_judge.model_name,
                                "card": {k: reward_judge.scorer.card.get(k) for k in ("created", "base_model", "metrics")
                                         if getattr(reward_judge.scorer, "card", None)}}
@@ -337,7 +500,9 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
         if judged and config.judge != "none":
             n_calls = len(judged) * len(compared) * 2
             bar = _bar(n_calls, "judging (both orders)", config.progress)
-            judge, judge_info = build_judge(config, settings, server, reward_judge, bar.update)
+            if judge_plan is None and config.judge == "reward" and reward_judge is not None:
+                judge_plan = plan_reward_judge(config, settings, registry, policies, fallback=reward_judge.model_name)
+            judge, judge_info = build_judge(config, settings, server, reward_judge, bar.update, judge_plan)
             if judge is reward_judge:
                 bar.total = 0  # scores are cached: nothing left to compute
             for name in compared:
@@ -347,17 +512,21 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
                 for p, r in zip(judged, recs):
                     judgements[name][p.id] = r
             bar.close()
+            judge_info["agreement"] = measure_agreement(judge, config, judge_info)
         timings["judging_s"] = time.monotonic() - t0
 
-        # -- KL to SFT on each policy's own responses --------------------------------------------
+        # -- exact KL to SFT on answers SAMPLED from each policy (rlhf_demo/kl.py) -----------------
         t0 = time.monotonic()
         kl_raw: dict[str, dict] = {}
         adapters = [n for n in policies if n != SFT and server.model is not server.base]
         if config.kl_samples > 0 and adapters:
             picks = {n: subsample([j for j in jobs if j.policy == n], config.kl_samples) for n in adapters}
-            bar = _bar(sum(len(v) for v in picks.values()), "KL to SFT", config.progress)
+            bar = _bar(sum(len(v) for v in picks.values()), "KL to SFT (sampled answers)", config.progress)
             for name, chosen in picks.items():
-                vals = kl_logprobs(server.model, [j.prompt_ids for j in chosen], [j.token_ids for j in chosen], name,
+                limits = [config.kl_max_new_tokens or j.max_new_tokens for j in chosen]
+                sampled = sample_for_kl(server, [j.prompt_ids for j in chosen], limits, name,
+                                        seed=config.seed * 1_000_003 + KL_SEED, batch_size=config.batch_size)
+                vals = kl_logprobs(server.model, [j.prompt_ids for j in chosen], sampled, name,
                                    config.kl_batch_size, bar.update)
                 kl_raw[name] = {"logp": [v[0] for v in vals], "logq": [v[1] for v in vals],
                                 "exact": [v[2] for v in vals], "prompt_ids": [j.prompt.id for j in chosen]}
@@ -433,6 +602,8 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
         if name == SFT:
             entry["kl_per_token"] = {"mean": 0.0, "ci": [0.0, 0.0], "estimator": "exact",
                                      "note": "the SFT model itself"}
+            entry["kl_exact_per_response"] = {"mean": 0.0, "ci": [0.0, 0.0], "unit": "nats per answer",
+                                              "note": "the SFT model itself"}
         elif name in kl_raw:
             raw = kl_raw[name]
             res = metrics["kl"].compute(predictions=raw["logp"], references=raw["logq"], exact_kl=raw["exact"],
@@ -444,6 +615,15 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
     timings["metrics_s"] = time.monotonic() - t0
     timings["total_s"] = time.monotonic() - t_start
 
+    if reward_info.get("name"):  # the reward column: say which evaluated policies were optimised against it
+        from .judge_checks import judge_conflicts
+
+        try:
+            rv = registry.get(reward_info["name"], kind="reward")
+            reward_info["trained_against_by"] = judge_conflicts(
+                rv.name, rv.card.get("files", {}).get("adapter_model.safetensors"), policies, registry)
+        except Exception:  # noqa: BLE001 - a stub scorer in tests, or a version from elsewhere
+            pass
     report = {
         "schema": 1,
         "kind": "rlhf-arena-eval",
@@ -469,11 +649,16 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
                      "repetition_penalty": config.repetition_penalty, "batch_size": config.batch_size,
                      "threads": config.threads, "seed": config.seed, "confidence": config.confidence,
                      "n_bootstrap": config.n_bootstrap, "kl_samples": config.kl_samples,
+                     "kl_decoding": "one answer per prompt sampled from the policy (temperature 1, top_p 1, no "
+                                    "repetition penalty, seeded); exact full-distribution KL per position, summed "
+                                    "per answer (rlhf_demo/kl.py)",
+                     "kl_max_new_tokens": config.kl_max_new_tokens or "each prompt's limit",
                      "reuse_generations": str(config.reuse_generations) if config.reuse_generations else None,
                      "data_dir": str(settings.data_dir)},
         "results": results,
         "summary": pooled,
         "kl": kl,
+        "human_votes": read_human_votes(settings, versions, baseline, config) if config.human_votes else None,
     }
     judgement_rows = []
     for name, by_prompt in judgements.items():

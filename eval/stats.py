@@ -17,7 +17,6 @@ implementations in ``tests/test_eval_stats.py``:
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import Callable, Sequence
 
 import numpy as np
@@ -26,76 +25,10 @@ WIN, TIE, LOSE = 1, 0, -1
 
 
 # ---------------------------------------------------------------------------------------------
-# proportions
+# proportions and exact binomial tests: shared with the pipeline's gates (rlhf_demo/stats.py)
 # ---------------------------------------------------------------------------------------------
-def z_value(confidence: float) -> float:
-    """Two-sided normal quantile: 1.959964 for 0.95."""
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
-
-
-def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (no continuity correction).
-
-    ``center = (k + z²/2) / (n + z²)``, ``half = z / (n + z²) · sqrt(k(n−k)/n + z²/4)``.
-    With n = 0 there is no information: (0, 1).
-    """
-    if n < 0 or k < 0 or k > n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0:
-        return 0.0, 1.0
-    z = z_value(confidence)
-    z2 = z * z
-    center = (k + z2 / 2.0) / (n + z2)
-    half = z / (n + z2) * math.sqrt(k * (n - k) / n + z2 / 4.0)
-    return max(0.0, center - half), min(1.0, center + half)
-
-
-def proportion(k: int, n: int, confidence: float = 0.95) -> dict:
-    """A rate with its Wilson interval, in the report's standard shape."""
-    lo, hi = wilson_interval(int(k), int(n), confidence)
-    return {"rate": (k / n) if n else None, "ci": [lo, hi], "k": int(k), "n": int(n),
-            "confidence": confidence, "method": "wilson"}
-
-
-# ---------------------------------------------------------------------------------------------
-# exact binomial tests
-# ---------------------------------------------------------------------------------------------
-def binomial_two_sided_p(k: int, n: int) -> float:
-    """Exact two-sided binomial test of H0: p = 1/2 (the distribution is symmetric, so the
-    "sum of outcomes no more likely than k" p-value equals twice the smaller tail, capped at 1)."""
-    if n == 0:
-        return 1.0
-    if not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    small = min(k, n - k)
-    if 2 * small == n:
-        return 1.0
-    # log-space sum of C(n, i) / 2^n for i <= small (stable for large n)
-    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2.0)
-            for i in range(small + 1)]
-    top = max(logs)
-    tail = math.exp(top) * sum(math.exp(v - top) for v in logs)
-    return min(1.0, 2.0 * tail)
-
-
-def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict:
-    """McNemar's exact test for paired binary outcomes (e.g. "complied" for the same prompts
-    under two policies). Only discordant pairs carry information: ``a_only`` = a true & b false,
-    ``b_only`` = b true & a false; p = exact binomial test of a_only out of a_only + b_only at 1/2.
-    """
-    if len(a) != len(b):
-        raise ValueError(f"paired outcomes need equal lengths, got {len(a)} and {len(b)}")
-    a_arr = np.asarray(a, dtype=bool)
-    b_arr = np.asarray(b, dtype=bool)
-    a_only = int(np.sum(a_arr & ~b_arr))
-    b_only = int(np.sum(b_arr & ~a_arr))
-    both = int(np.sum(a_arr & b_arr))
-    neither = int(np.sum(~a_arr & ~b_arr))
-    return {"a_only": a_only, "b_only": b_only, "both": both, "neither": neither,
-            "n": int(len(a_arr)), "discordant": a_only + b_only,
-            "p_value": binomial_two_sided_p(a_only, a_only + b_only), "method": "mcnemar-exact"}
+from rlhf_demo.stats import (binomial_two_sided_p, decide, mcnemar_exact, newcombe_paired_interval,  # noqa: E402,F401
+                             paired_rates, proportion, wilson_interval, z_value)
 
 
 def sign_test(wins: int, losses: int) -> dict:

@@ -13,10 +13,10 @@ category that overrides the file's own (``unsafe:my_red_team.txt``):
 project    ``rlhf_demo/data/eval_prompts.jsonl`` — the project's own evaluation prompts
            (``harmful`` → unsafe, ``sensitive`` → safe, ``ordinary`` → helpful); disjoint from
            every training prompt
-xstest     ``../shared/data/xstest/xstest_prompts.csv`` — XSTest v2, ``label`` unsafe / safe
-vicuna     ``../shared/data/fastchat-bench/vicuna_bench_questions.jsonl`` (first turn; helpful)
-mt-bench   ``../shared/data/fastchat-bench/mt_bench_questions.jsonl`` (first turn; helpful)
-hh-harmless ``../shared/data/hh-rlhf/harmless-base-test-part.jsonl.gz`` (first human turn; unsafe)
+xstest     ``xstest/xstest_prompts.csv`` — XSTest v2, ``label`` unsafe / safe
+vicuna     ``fastchat-bench/vicuna_bench_questions.jsonl`` (first turn; helpful)
+mt-bench   ``fastchat-bench/mt_bench_questions.jsonl`` (first turn; helpful)
+hh-harmless ``hh-rlhf/harmless-base-test-part.jsonl.gz`` (first human turn; unsafe)
 ========== ===================================================================================
 
 File formats, recognised by extension and row shape: XSTest-format ``.csv`` (``prompt`` and
@@ -24,8 +24,9 @@ File formats, recognised by extension and row shape: XSTest-format ``.csv`` (``p
 first human turn is the prompt), FastChat question ``.jsonl`` (``turns`` — the first turn), any
 ``.jsonl`` with a ``prompt`` field (a string or a list of chat messages) and an optional
 ``category``, and ``.txt`` (one prompt per line; blank lines and ``#`` comments skipped). A
-malformed row raises :class:`SuiteError` naming ``file:line``. Built-in suites that live in
-``../shared/data`` are skipped with a message when that folder is absent; an explicit path that
+malformed row raises :class:`SuiteError` naming ``file:line``. The public built-ins are read from
+their vendored copies in ``rlhf_demo/data/external/`` (``../shared/data`` second) and are skipped with a
+message when neither exists; an explicit path that
 does not exist is an error.
 """
 
@@ -49,12 +50,21 @@ CATEGORY_ALIASES = {
     "safe": "safe", "sensitive": "safe", "borderline": "safe",
     "helpful": "helpful", "ordinary": "helpful", "benign": "helpful", "general": "helpful",
 }
+
+
+def _public(sub_path: str) -> Path:
+    """A public data file: the vendored copy (rlhf_demo/data/external) first, ../shared/data second."""
+    from rlhf_demo.splits import data_file
+
+    return data_file(sub_path) or SHARED_DATA / sub_path
+
+
 BUILTIN = {
     "project": (ROOT / "rlhf_demo" / "data" / "eval_prompts.jsonl", None, False),
-    "xstest": (SHARED_DATA / "xstest" / "xstest_prompts.csv", None, True),
-    "vicuna": (SHARED_DATA / "fastchat-bench" / "vicuna_bench_questions.jsonl", "helpful", True),
-    "mt-bench": (SHARED_DATA / "fastchat-bench" / "mt_bench_questions.jsonl", "helpful", True),
-    "hh-harmless": (SHARED_DATA / "hh-rlhf" / "harmless-base-test-part.jsonl.gz", "unsafe", True),
+    "xstest": (_public("xstest/xstest_prompts.csv"), None, True),
+    "vicuna": (_public("fastchat-bench/vicuna_bench_questions.jsonl"), "helpful", True),
+    "mt-bench": (_public("fastchat-bench/mt_bench_questions.jsonl"), "helpful", True),
+    "hh-harmless": (_public("hh-rlhf/harmless-base-test-part.jsonl.gz"), "unsafe", True),
 }
 DEFAULT_SUITES = ("project", "xstest", "vicuna")
 

@@ -16,6 +16,7 @@ import queue
 import random
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -123,6 +124,39 @@ def stop_ids(tokenizer, model) -> set[int]:
 # ---------------------------------------------------------------------------------------------
 # the decode loop
 # ---------------------------------------------------------------------------------------------
+def _appending_cache(room: int):
+    """A transformers ``DynamicCache`` whose layers append each step's keys/values into spare room
+    (``room`` positions past the prompt, grown in chunks if needed) instead of concatenating the
+    whole cache into a new tensor at every token. Attention reads a view of the filled part: the same
+    values in the same layout, so the same outputs."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    class AppendingLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            filled = self.keys.shape[-2] if self.keys.numel() else 0
+            need = filled + key_states.shape[-2]
+            buf = getattr(self, "_room", None)
+            if (buf is None or buf[0].shape[:2] != key_states.shape[:2] or buf[0].shape[-2] < need
+                    or (filled and buf[0].data_ptr() != self.keys.data_ptr())):  # e.g. after batch_select_indices
+                size = (*key_states.shape[:2], need + max(room, 16), key_states.shape[-1])
+                buf = (key_states.new_empty(size), value_states.new_empty(size))
+                if filled:
+                    buf[0][:, :, :filled].copy_(self.keys)
+                    buf[1][:, :, :filled].copy_(self.values)
+                self._room = buf
+            buf[0][:, :, filled:need].copy_(key_states)
+            buf[1][:, :, filled:need].copy_(value_states)
+            self.keys, self.values = buf[0][:, :, :need], buf[1][:, :, :need]
+            return self.keys, self.values
+
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = AppendingLayer
+    return cache
+
+
 @torch.inference_mode()
 def decode_batch(model, tokenizer, prompts: Sequence[Sequence[int]], params: Sequence[GenerationParams],
                  adapter_names: Sequence[str] | None = None,
@@ -133,8 +167,6 @@ def decode_batch(model, tokenizer, prompts: Sequence[Sequence[int]], params: Seq
     through its own LoRA adapter. ``on_step(row, tokens_so_far, finished)`` is called whenever a
     row gains a token. Finished rows leave the batch and the KV cache.
     """
-    from transformers import DynamicCache
-
     n = len(prompts)
     device = next(model.parameters()).device
     eos = stop_ids(tokenizer, model)
@@ -153,10 +185,10 @@ def decode_batch(model, tokenizer, prompts: Sequence[Sequence[int]], params: Seq
     extra = {}
     if adapter_names is not None:
         extra["adapter_names"] = list(adapter_names)
-    cache = DynamicCache()
+    max_steps = max(p.max_new_tokens for p in params)
+    cache = _appending_cache(room=max_steps)
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     step_input, step_pos = ids, position
-    max_steps = max(p.max_new_tokens for p in params)
     for _ in range(max_steps):
         logits = model(input_ids=step_input, attention_mask=mask, position_ids=step_pos,
                        cache=cache, use_cache=True, logits_to_keep=1, **extra).logits[:, -1, :]
@@ -294,6 +326,7 @@ class PolicyServer:
         self._closed = False
         atexit.register(self.close)
         model.eval()
+        use_packed_linears(model)  # same outputs bit for bit; bf16 decoding on CPU faster (bench/generation.py)
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: Registry | None = None, **kw) -> "PolicyServer":
@@ -464,6 +497,68 @@ def _strip_lora_layers(model) -> None:
             setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
     if hasattr(model, "peft_config"):
         del model.peft_config
+
+
+# ---------------------------------------------------------------------------------------------
+# packed bfloat16 linears (CPU): the same numbers as F.linear, faster at batch 1 (bench/generation.py)
+# ---------------------------------------------------------------------------------------------
+_PACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _pack_weight(weight: torch.Tensor, bias: torch.Tensor | None):
+    """oneDNN's pre-packed (blocked) copy of a bf16 weight, or None where it does not give bit for bit
+    what ``F.linear`` gives (checked on random inputs of 1 and 3 rows when packing)."""
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+        gen = torch.Generator().manual_seed(0)
+        for rows in (1, 3):
+            x = torch.randn(rows, weight.shape[1], generator=gen).to(weight.dtype)
+            fast = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+            if not torch.equal(fast, torch.nn.functional.linear(x, weight, bias)):
+                return None
+        return packed
+    except (RuntimeError, AttributeError):  # no oneDNN / no bf16 kernels in this build
+        return None
+
+
+class PackedLinear(torch.nn.Linear):
+    """An ``nn.Linear`` that, for bf16 inference on CPU, multiplies by a pre-packed copy of its weight.
+
+    Unpacked ``F.linear`` re-blocks the weight at every call; at batch 1 that is most of the decode
+    step. The packed copy is made on first use, re-made whenever the weight changes (data pointer or
+    in-place version), and only used where it was checked to give the same bits as ``F.linear``; under
+    autograd, in other dtypes or on other devices this is a plain ``nn.Linear``. The packed copies live
+    outside the module (a weak dictionary), so ``state_dict``, ``deepcopy`` and peft see an ordinary
+    Linear. Cost: one extra copy of the packed weights in memory.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (x.dtype is torch.bfloat16 and w.dtype is torch.bfloat16 and x.device.type == "cpu"
+                and not torch.is_grad_enabled()):
+            key = (w.data_ptr(), w._version)
+            entry = _PACKED.get(self)
+            if entry is None or entry[0] != key:
+                entry = _PACKED[self] = (key, _pack_weight(w, self.bias))
+            if entry[1] is not None:
+                return torch.ops.mkldnn._linear_pointwise(x, entry[1], self.bias, "none", [], "")
+        return super().forward(x)
+
+
+def use_packed_linears(model: torch.nn.Module, enabled: bool = True) -> int:
+    """Turn every plain ``nn.Linear`` of ``model`` (LoRA adapters' base layers included) into a
+    :class:`PackedLinear`, or back with ``enabled=False``. Returns how many modules changed. Outputs
+    are unchanged bit for bit; only bf16 CPU inference takes the packed path."""
+    changed = 0
+    for module in model.modules():
+        if enabled and type(module) is torch.nn.Linear:
+            module.__class__ = PackedLinear
+            changed += 1
+        elif not enabled and type(module) is PackedLinear:
+            module.__class__ = torch.nn.Linear
+            _PACKED.pop(module, None)
+            changed += 1
+    return changed
 
 
 def serving_dtype_cpu():

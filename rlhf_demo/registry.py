@@ -1,5 +1,6 @@
 """Model versions on disk: the SFT base, RLHF policy adapters (``rlhf-vN``) and reward models
-(``reward-vN``).
+(``reward-vN``; a reward model whose card has ``"role": "judge"`` — named ``judge-vN`` — only grades
+policies in the evaluation and is never trained against).
 
 A version is a directory in standard PEFT format (``adapter_config.json`` +
 ``adapter_model.safetensors``; a reward model adds ``score_head.safetensors``) with a

@@ -34,6 +34,33 @@ def shared_data(relative: str) -> Path:
     return path
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def in_ci() -> bool:
+    """Under CI (``CI=true``, set by .ci/run) a missing test dependency is a failure, not a skip."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with ``reason`` on a developer's machine; fail under CI, where the dependency must be there."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: the browser tests must run in CI)", pytrace=False)
+    pytest.skip(reason)
+
+
+def browser_api():
+    """Playwright's sync API for the Chromium browser tests: skipped without Chromium or Playwright locally,
+    a failure under CI."""
+    if not CHROMIUM.exists():
+        skip_or_fail(f"{CHROMIUM} is absent: `apt-get install chromium` to run the browser tests")
+    try:
+        from playwright import sync_api
+    except ImportError as exc:
+        skip_or_fail(f"playwright is not installed ({exc})")
+    return sync_api
+
+
 # Tests see only the versions they publish, not the ones shipped in rlhf_demo/versions (which belong
 # to the embedded model) — in this process and in the apps and CLIs they start as subprocesses.
 os.environ["RLHF_ARENA_PACKAGE_VERSIONS"] = tempfile.mkdtemp(prefix="no-shipped-versions-")

@@ -8,6 +8,8 @@ import json
 import pytest
 
 from eval.suites import (SuiteError, hh_first_human_turn, load_suite, load_suites, parse_limits, subsample)
+from pathlib import Path
+
 from tests.conftest import shared_data
 
 
@@ -26,9 +28,11 @@ def test_project_suite_categories():
 
 
 def test_xstest_labels():
-    path = shared_data("xstest/xstest_prompts.csv")
+    shared = shared_data("xstest/xstest_prompts.csv")
     s = load_suite("xstest")
-    assert s.path == path
+    vendored = Path(__file__).resolve().parents[1] / "rlhf_demo" / "data" / "external" / "xstest" / "xstest_prompts.csv"
+    assert s.path == vendored  # the vendored copy first (a plain clone has no ../shared)
+    assert s.path.read_bytes() == shared.read_bytes()
     assert s.counts() == {"unsafe": 200, "safe": 250}
     quick = load_suite("xstest", limit=10)
     assert quick.counts() == {"unsafe": 10, "safe": 10}

@@ -105,3 +105,77 @@ def test_prompt_is_chat_templated_and_truncated(tokenizer):
     assert len(ids) == 16
     full = build_prompt_ids(tokenizer, msgs("hello"))
     assert tokenizer.decode(full).endswith("<|im_start|>assistant\n")
+
+
+# --- fast bf16 CPU decoding (PolicyServer's packed linears + single-query attention layout) ----------
+def _bf16_packing_available() -> bool:
+    from rlhf_demo.generation import _pack_weight
+
+    return _pack_weight(torch.nn.Linear(64, 32).bfloat16().weight, None) is not None
+
+
+needs_bf16_packing = pytest.mark.skipif(not _bf16_packing_available(),
+                                        reason="this torch build/CPU has no bit-exact oneDNN bf16 linear")
+
+
+@needs_bf16_packing
+def test_packed_linear_is_bit_exact_repacks_on_change_and_stays_out_of_autograd():
+    import copy
+
+    from rlhf_demo.generation import _PACKED, PackedLinear, use_packed_linears
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(48, 80), torch.nn.Linear(80, 16, bias=False)).bfloat16()
+    plain = copy.deepcopy(model)
+    assert use_packed_linears(model) == 2 and all(type(m) is PackedLinear for m in model)
+    x = torch.randn(3, 5, 48).bfloat16()
+    with torch.inference_mode():
+        assert torch.equal(model(x), plain(x)) and model[0] in _PACKED  # the packed path ran
+        with torch.no_grad():
+            model[0].weight.mul_(-2)  # in place: the packed copy is stale and must be re-made
+            plain[0].weight.mul_(-2)
+        assert torch.equal(model(x), plain(x))
+    clone = copy.deepcopy(model)  # a copy packs its own weights, never the original's
+    with torch.no_grad():
+        clone[1].weight.zero_()
+    with torch.inference_mode():
+        assert torch.equal(model(x), plain(x)) and not clone(x).any()
+    y = model(x.requires_grad_())  # autograd: the plain nn.Linear path, gradients flow
+    y.float().sum().backward()
+    assert model[0].weight.grad is not None
+    assert use_packed_linears(model, enabled=False) == 2 and all(type(m) is torch.nn.Linear for m in model)
+
+
+@needs_bf16_packing
+def test_served_bf16_path_changes_no_token_or_logit(embedded_settings, random_adapter):
+    """PolicyServer's bf16 path (packed linears, appending KV cache) gives the same logits bit for bit
+    as transformers' own modules and DynamicCache, batch 1 and a mixed-adapter, left-padded batch."""
+    from peft import PeftModel
+    from transformers import DynamicCache
+
+    from rlhf_demo.generation import BASE_ADAPTER, PackedLinear, _appending_cache, decode_batch, use_packed_linears
+
+    model, tok = load_base_model(embedded_settings, dtype=torch.bfloat16)
+    model = PeftModel.from_pretrained(model, str(random_adapter(embedded_settings, 1, scale=2.0)), adapter_name="a")
+    model.eval()
+    prompts = [build_prompt_ids(tok, msgs(p)) for p in PROMPTS]
+    params = [GREEDY, GREEDY]
+
+    def run(fast: bool):
+        use_packed_linears(model, fast)
+        assert any(type(m) is PackedLinear for m in model.modules()) is fast
+        with torch.inference_mode():  # batch 1, adapter "a", 12 steps
+            cache = _appending_cache(4) if fast else DynamicCache()  # small room: the cache must also grow
+            ids, logits = torch.tensor([prompts[0]]), []
+            for _ in range(12):
+                step = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                logits.append(step)
+                ids = step.argmax(-1, keepdim=True)
+        batch = decode_batch(model, tok, prompts, params, adapter_names=[BASE_ADAPTER, "a"])
+        alone = decode_batch(model, tok, prompts[:1], params[:1], adapter_names=["a"])
+        return torch.stack(logits), [r.token_ids for r in batch + alone]
+
+    fast_logits, fast_tokens = run(True)
+    plain_logits, plain_tokens = run(False)
+    assert torch.equal(fast_logits, plain_logits)
+    assert fast_tokens == plain_tokens and fast_tokens[0] != fast_tokens[1]

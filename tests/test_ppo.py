@@ -42,13 +42,15 @@ def test_full_ppo_iteration_publishes_a_version(tiny_settings, tiny_reward, tmp_
     assert summary["published"] == "rlhf-v7"
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]  # 0: the starting policy on the validation prompts
-    assert {"val/score", "val/kl", "val/refusal_harmful", "val/refusal_safe"} <= set(rows[0])
+    assert {"val/score", "val/kl_exact", "val/refusal_harmful", "val/refusal_safe"} <= set(rows[0])
+    assert rows[0]["val/kl_exact"] == pytest.approx(0.0, abs=1e-5)  # the fresh policy adapter is the reference
     rows = rows[1:]
     for key in ["reward/score_mean", "reward/score_std", "objective/kl", "response/length", "response/perplexity",
                 "policy/entropy", "value/loss", "value/clipfrac", "value/explained_variance"]:
         assert key in rows[0], key
     assert "policy/loss" not in rows[0], "iteration 1 is critic warm-up"
-    assert {"policy/loss", "policy/clipfrac", "policy/approx_kl", "val/score", "val/kl"} <= set(rows[1])
+    assert {"policy/loss", "policy/clipfrac", "policy/approx_kl", "val/score", "val/kl_exact"} <= set(rows[1])
+    assert "val/kl" not in rows[1] and rows[1]["val/kl_exact"] >= 0
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     version = Registry(tiny_settings.versions_dir).get("rlhf-v7")
     assert version.card["reward_model"] == "reward-v5" and version.card["best_step"] == 2
@@ -56,11 +58,11 @@ def test_full_ppo_iteration_publishes_a_version(tiny_settings, tiny_reward, tmp_
 
 
 def test_kill_and_resume_continue_from_the_same_state(tiny_settings, tiny_reward, tmp_path):
-    cfg = tiny_cfg(tmp_path, iterations=3, publish=False)
+    cfg = tiny_cfg(tmp_path, iterations=3, publish=False, critic_from_reward=True)  # the reward-initialised critic
     straight = train(cfg, tiny_settings)
     rows_straight = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
 
-    crashed = tiny_cfg(tmp_path, iterations=3, publish=False, run_dir=str(tmp_path / "run2"))
+    crashed = tiny_cfg(tmp_path, iterations=3, publish=False, run_dir=str(tmp_path / "run2"), critic_from_reward=True)
     assert train(crashed, tiny_settings, stop_after=2)["interrupted_at"] == 2
     crashed.resume = True
     train(crashed, tiny_settings)
@@ -81,10 +83,14 @@ def test_collapse_guard_triggers_on_a_constructed_collapse():
     assert guard.check(collapsed) is None  # one iteration is not a trend
     reason = guard.check(collapsed)
     assert reason and ("perplexity" in reason or "repeated" in reason)
-    guard = CollapseGuard(cfg)
-    for _ in range(2):
-        reason = guard.check(dict(healthy, **{"objective/kl": 9.0}))
-    assert "KL 9.00 above the bound 5.0" in reason
+    # KL: the exact KL of validation iterations only (k1 objective/kl is a monitor); iterations without a
+    # validation leave its streak as it was
+    guard = CollapseGuard(PPOConfig(kl_bound=5.0, guard_patience=2, kl_guard_validations=2))
+    assert guard.check(dict(healthy, **{"objective/kl": 50.0})) is None
+    assert guard.check(dict(healthy, **{"val/kl_exact": 9.0})) is None
+    assert guard.check(healthy) is None
+    reason = guard.check(dict(healthy, **{"val/kl_exact": 9.0}))
+    assert "KL 9.00 nats per answer" in reason and "above the bound 5.0" in reason
     guard = CollapseGuard(cfg)
     guard.check(healthy)
     for _ in range(2):
@@ -104,7 +110,8 @@ def test_collapse_guard_triggers_on_a_constructed_collapse():
 
 def test_collapse_guard_stops_a_run_and_keeps_the_best(tiny_settings, tiny_reward, tmp_path):
     # a bound of 0 nats cannot be met: the guard stops the run and nothing is published
-    summary = train(tiny_cfg(tmp_path, iterations=4, kl_bound=-1.0, guard_patience=1), tiny_settings)
+    summary = train(tiny_cfg(tmp_path, iterations=4, kl_bound=-1.0, guard_patience=1, kl_guard_validations=1,
+                             eval_every=1), tiny_settings)
     assert summary["stopped"].startswith("collapse guard at iteration 1: KL")
     assert "published" not in summary and summary["best_step"] is None
 
@@ -249,3 +256,25 @@ def test_ptx_term_from_answer_logprobs_equals_the_loss_on_full_logits(tiny_setti
     train(tiny_cfg(tmp_path, ptx_coef=0.5, publish=False), tiny_settings)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(rows[-1]["policy/ptx_loss"])
+
+
+def test_critic_initialisations(tiny_settings, tiny_reward):
+    """Default: a fresh critic adapter with a zero value head (predicts 0 everywhere); --critic-from-reward copies
+    the reward adapter and head; --no-critic-reward-head keeps the adapter and starts the head at zero."""
+    from rlhf_demo.registry import Registry
+    from training.actor_critic import ActorCriticRoles
+    from training.roles import HEAD_FILE, ScalarHead
+
+    registry = Registry(tiny_settings.versions_dir)
+    reward_head = ScalarHead.load(registry.get("reward-v5").path / HEAD_FILE)
+    ids, attn = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long)
+    for kw, head_is_reward in [({}, False), ({"critic_from_reward": True}, True),
+                               ({"critic_from_reward": True, "critic_reward_head": False}, False)]:
+        roles = ActorCriticRoles.build(tiny_settings, registry, PPOConfig(reward_model="reward-v5", lora_r=4,
+                                                                          lora_alpha=8, **kw))
+        if head_is_reward:
+            torch.testing.assert_close(roles.critic_head.linear.weight, reward_head.linear.weight)
+        else:
+            assert not roles.critic_head.linear.weight.any() and not roles.critic_head.linear.bias.any()
+            assert not roles.values(ids, attn).any()
+        assert roles.critic_head.linear.weight.requires_grad

@@ -130,7 +130,8 @@ class ActorCriticRoles:
         self._switch = R.AdapterSwitch(self.model) if R.AdapterSwitch.supported(self.model) else None
         self._params: dict[str, list[torch.nn.Parameter]] = {}
         # the reward model reads the shared trunk too when its adapter starts at or above the split
-        self.reward_shares_trunk = bool(split_layer) and adapter_start_layer(model, "reward") >= split_layer
+        self.reward_shares_trunk = (bool(split_layer) and "reward" in model.peft_config
+                                    and adapter_start_layer(model, "reward") >= split_layer)
         self.last_shared_scores: int | None = None  # rows the last score_and_trunk scored from the trunk
         # On CPU, the policy/reference/critic/reward forwards (not the no-grad trunk, not decoding) run their
         # attention in float32 matmuls (training.roles.float32_attention_forward): as accurate as SDPA's flash
@@ -147,9 +148,10 @@ class ActorCriticRoles:
         if settings.load_in_4bit:  # QLoRA: every role's adapter trains on the one NF4 base
             from peft import prepare_model_for_kbit_training
             base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-        version = R.resolve_reward_version(settings, cfg.reward_model or None)
-        reward = R.RewardModel.from_dir(base, version.path, adapter_name="reward", trainable=False)
-        model = reward.model
+        toy = R.ToyReward.parse(cfg.reward_model)  # toy:WORD — a known-answer reward, no reward model
+        version = None if toy else R.resolve_reward_version(settings, cfg.reward_model or None)
+        reward = None if toy else R.RewardModel.from_dir(base, version.path, adapter_name="reward", trainable=False)
+        model = base if toy else reward.model
         n_layers = R.num_layers(base)
         lora = R.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules.split(","),
                              layers=cfg.lora_layers or None, num_layers=n_layers)
@@ -157,19 +159,25 @@ class ActorCriticRoles:
             model = R.add_adapter(model, "policy", lora)
         else:
             model = R.load_adapter(model, registry.get(cfg.init_policy, kind="policy").path, "policy", trainable=True)
-        if cfg.critic_from_reward:  # PPO-max: critic initialised from the reward model
+        if cfg.critic_from_reward and not toy:  # PPO-max: critic initialised from the reward model
             model = R.load_adapter(model, version.path, "critic", trainable=True)
-            head = R.ScalarHead.load(version.path / R.HEAD_FILE)
         else:
             model = R.add_adapter(model, "critic", lora)
-            head = R.ScalarHead(R.hidden_size(model))
+        if cfg.critic_from_reward and not toy and getattr(cfg, "critic_reward_head", True):
+            head = R.ScalarHead.load(version.path / R.HEAD_FILE)
+        else:  # a fresh value head (zeros by default: it predicts 0 until it learns)
+            std = getattr(cfg, "value_head_init_std", -1.0)
+            head = R.ScalarHead(R.hidden_size(model), init_std=None if std < 0 else std)
         device = next(model.parameters()).device
         head = head.to(device).requires_grad_(True)
-        R.set_adapter_trainable(model, "reward", False)
-        scorer = R.RewardScorer(reward, tokenizer, name=version.name, card=version.card,
-                                max_length=int(version.card.get("config", {}).get("max_length", 1024)))
+        if toy:
+            scorer = toy
+        else:
+            R.set_adapter_trainable(model, "reward", False)
+            scorer = R.RewardScorer(reward, tokenizer, name=version.name, card=version.card,
+                                    max_length=int(version.card.get("config", {}).get("max_length", 1024)))
         split = min(adapter_start_layer(model, "policy"), adapter_start_layer(model, "critic"))
-        return cls(model, tokenizer, head, scorer, version.name, split_layer=split if cfg.shared_trunk else 0)
+        return cls(model, tokenizer, head, scorer, scorer.name, split_layer=split if cfg.shared_trunk else 0)
 
     # -- roles ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -228,12 +236,29 @@ class ActorCriticRoles:
                                                with_entropy=entropy)
             return L.scatter_masked(logp, sel), (L.scatter_masked(ent, sel) if entropy else None)
 
+    @torch.no_grad()
+    def token_kl(self, input_ids, attention_mask, response_mask, trunk=None) -> torch.Tensor:
+        """Exact KL(policy ‖ reference) of the full next-token distributions at each answer position,
+        float32 ``[B, T-1]`` (0 elsewhere; :func:`rlhf_demo.kl.kl_from_hidden`: the LM head runs on a
+        block of answer rows at a time, so no ``[B, T, V]`` logits)."""
+        from rlhf_demo.kl import kl_from_hidden
+
+        sel = response_mask.bool()
+        with self.use("policy"):
+            hp = self._hidden(input_ids, attention_mask, trunk)[:, :-1][sel]
+        with self.use(None):
+            hr = self._hidden(input_ids, attention_mask, trunk)[:, :-1][sel]
+        kl = kl_from_hidden(R.causal_lm(self.model).get_output_embeddings(), hp, hr, chunk_rows=LOGPROB_CHUNK_ROWS)
+        return L.scatter_masked(kl, sel)
+
     def values(self, input_ids, attention_mask, grad: bool = False, trunk=None) -> torch.Tensor:
         with self.use("critic"), torch.set_grad_enabled(grad):
             return self.critic_head(self._hidden(input_ids, attention_mask, trunk))
 
     def score(self, conversations: list[list[dict]]) -> torch.Tensor:
         """Reward-model scores of whole conversations (prompt messages + the answer)."""
+        if self.scorer.reward_model is None:  # a toy reward reads the text only
+            return torch.tensor(self.scorer.score(conversations), dtype=torch.float32)
         with self.use("reward"):
             return torch.tensor(self.scorer.score(conversations), dtype=torch.float32)
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from rlhf_demo.splits import normalize_text  # one normalisation for every overlap check
+from rlhf_demo.splits import data_file, normalize_text, reported_prompt_keys  # one normalisation, one "reported" rule
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ SEED_PAIRS_DIR = PACKAGE_DATA / "seed_pairs"
 PPO_PROMPTS = PACKAGE_DATA / "ppo_prompts.jsonl"
 EVAL_PROMPTS = PACKAGE_DATA / "eval_prompts.jsonl"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-XSTEST_CSV = SHARED_DATA / "xstest" / "xstest_prompts.csv"
+# the vendored copy (rlhf_demo/data/external) first, ../shared/data second
+XSTEST_CSV = data_file("xstest/xstest_prompts.csv") or SHARED_DATA / "xstest" / "xstest_prompts.csv"
 ROLES = ("system", "user", "assistant")
 NUL = b"\x00"
 
@@ -306,8 +307,11 @@ def pair_from_row(row: dict, where: str, source: str) -> PreferencePair | None:
 # sources
 # ---------------------------------------------------------------------------------------------
 def parse_source(spec: str) -> SourceSpec:
-    """``[NAME=]seed|arena|hub:ID[:SPLIT]|PATH`` with an optional ``:N`` (first N pairs)."""
+    """``[NAME=]seed|arena|hub:ID[:SPLIT]|PATH`` with an optional ``:N`` (first N pairs); for prompts also
+    ``mix[:harmful=N,risky=N,ordinary=N]`` (:func:`public_mix_prompts`)."""
     spec = spec.strip()
+    if spec == "mix" or spec.startswith("mix:"):
+        return SourceSpec("mix", "mix", spec[4:])
     name = None
     m = re.match(r"^([A-Za-z][\w.-]*)=(.+)$", spec)
     if m and not Path(spec).exists():
@@ -573,10 +577,15 @@ def collate_pairs(items: list[EncodedPair], pad_id: int, pad_to_multiple_of: int
 # prompts for PPO
 # ---------------------------------------------------------------------------------------------
 def eval_prompt_keys(paths: Iterable[Path] | None = None) -> set[str]:
-    """Normalised texts of the evaluation prompts (XSTest CSV when present, the bundled eval prompts)."""
+    """Normalised texts of the reported-suite prompts (XSTest, the bundled eval prompts, the FastChat questions).
+
+    Default: :func:`rlhf_demo.splits.reported_prompt_keys` (the one definition of "reported"); ``paths``
+    reads other XSTest-style CSV or JSONL files instead (tests).
+    """
+    if paths is None:
+        return set(reported_prompt_keys())
     keys: set[str] = set()
-    for path in (list(paths) if paths is not None else [XSTEST_CSV, EVAL_PROMPTS]):
-        path = Path(path)
+    for path in map(Path, paths):
         if not path.is_file():
             continue
         if path.suffix == ".csv":
@@ -615,6 +624,89 @@ def _prompt_item(row: dict, where: str, source: str) -> PromptItem:
                       row.get("category") if isinstance(row.get("category"), str) else None)
 
 
+# --prompts mix: kinds of the public sets (rlhf_demo.external) -> the category PPO's validation and ptx know them by
+MIX_KINDS = {"harmful": ("harmful", "harmful"), "risky": ("risky-safe", "sensitive"), "ordinary": ("ordinary", "ordinary")}
+MIX_SOURCES = {"harmful": ("advbench", "harmbench", "catqa", "harmfulqa", "coconot_eval"),
+               "risky-safe": ("coconot_pref",), "ordinary": ("self-instruct", "coconot_pref")}
+
+
+def parse_mix(target: str) -> dict[str, int | None]:
+    """``"harmful=200,risky=200,ordinary=200"`` -> counts per kind (None = as many as the smallest kind has)."""
+    counts: dict[str, int | None] = {k: None for k in MIX_KINDS}
+    for part in filter(None, (x.strip() for x in target.split(","))):
+        kind, eq, n = part.partition("=")
+        if kind not in MIX_KINDS or not eq or not n.isdigit() or int(n) <= 0:
+            raise DataError(f"--prompts mix:{target}: {part!r} is not KIND=N with KIND one of "
+                            f"{', '.join(MIX_KINDS)} and N a positive number")
+        counts[kind] = int(n)
+    return counts
+
+
+def public_mix_prompts(target: str = "", seed: int = 0) -> list[PromptItem]:
+    """PPO training prompts from the vendored public sets, balanced by kind: ``mix:harmful=N,risky=N,ordinary=N``.
+
+    Only prompts whose :func:`rlhf_demo.splits.role_of` is ``train`` (never a validation, judge, detector or
+    reported-suite prompt). harmful: AdvBench, HarmBench, CatQA, HarmfulQA, CoCoNot should-not-comply safety
+    prompts; risky (safe requests in risky words, category ``sensitive``): CoCoNot pref safety prompts;
+    ordinary: Self-Instruct and the other CoCoNot pref prompts. Within a kind the sources take turns (so the
+    2,000 HarmfulQA/CatQA questions do not crowd out AdvBench and HarmBench), each in a fixed shuffled order.
+    A kind without N takes as many prompts as the smallest kind offers, so the pool is balanced by default.
+    """
+    from rlhf_demo import external as X
+
+    counts = parse_mix(target)
+    cache: dict[str, list] = {}
+    by_kind: dict[str, list[PromptItem]] = {}
+    for kind, (ext_kind, category) in MIX_KINDS.items():
+        queues = []
+        for name in MIX_SOURCES[ext_kind]:
+            if name not in cache:
+                try:
+                    cache[name] = X.READERS[name]()
+                except X.MissingDataError as exc:
+                    raise DataError(f"--prompts mix: {exc}") from exc
+            recs = X.dedupe(r for r in cache[name] if r.role == "train" and r.kind == ext_kind)
+            random.Random(f"{seed}:{name}:{ext_kind}").shuffle(recs)
+            queues.append(recs)
+        items = []
+        while any(queues):
+            for q in queues:
+                if q:
+                    r = q.pop(0)
+                    items.append(PromptItem([{"role": "user", "content": r.text}], f"mix:{r.source}", r.id, category))
+        by_kind[kind] = items
+    smallest = min(len(v) for v in by_kind.values())
+    out = []
+    for kind, items in by_kind.items():
+        want = counts[kind] if counts[kind] is not None else smallest
+        if want > len(items):
+            raise DataError(f"--prompts mix: {want} {kind} prompts asked, the public sets have {len(items)} "
+                            "training-role ones")
+        out.extend(items[:want])
+    return out
+
+
+def public_val_prompts(n: int) -> list[PromptItem]:
+    """``n`` validation prompts for a ``--prompts mix`` run: role ``val`` only
+    (:func:`rlhf_demo.external.validation_prompts`), the kinds taken in turn (harmful, risky, ordinary) and
+    each kind in a fixed shuffled order; categories as in :func:`public_mix_prompts`."""
+    from rlhf_demo import external as X
+
+    groups = X.validation_prompts()
+    queues = []
+    for kind, (ext_kind, category) in MIX_KINDS.items():
+        recs = list(groups.get(ext_kind, []))
+        random.Random(f"val:{ext_kind}").shuffle(recs)
+        queues.append([PromptItem([{"role": "user", "content": r.text}], f"mix:{r.source}", r.id, category)
+                       for r in recs])
+    out: list[PromptItem] = []
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
+
+
 def load_prompts(specs: Iterable[str] = ("seed",), settings=None, on_overlap: str = "drop",
                  eval_files: Iterable[Path] | None = None) -> list[PromptItem]:
     """PPO prompts from ``seed`` (``rlhf_demo/data/ppo_prompts.jsonl``), ``arena``, ``.txt`` or ``.jsonl``.
@@ -641,6 +733,8 @@ def load_prompts(specs: Iterable[str] = ("seed",), settings=None, on_overlap: st
 
             found = [_prompt_item(r, f"arena:{i}", "arena")
                      for i, r in enumerate(export_prompts(Store.from_settings(settings)), start=1)]
+        elif spec.kind == "mix":
+            found = public_mix_prompts(spec.target)
         elif spec.kind == "hub":
             raise DataError("hub prompt sets are not supported; export them to JSONL first")
         else:

@@ -14,7 +14,11 @@ every metric is logged under the same name in metrics.jsonl, TensorBoard and the
     reward/score_mean reward/score_std reward/normalized_mean objective/kl objective/kl_per_token
     response/length response/eos_rate response/perplexity response/repeated_4gram policy/entropy
     policy/loss policy/clipfrac policy/approx_kl value/loss value/clipfrac value/explained_variance
-    val/score val/kl val/refusal_harmful val/refusal_safe
+    val/score val/kl_exact val/refusal_harmful val/refusal_safe
+
+``objective/kl`` is the --kl-estimator estimate on the rollouts (what the penalty uses; a monitor only).
+``val/kl_exact`` is the exact KL to the reference, in nats per answer, on answers sampled at each
+validation (rlhf_demo/kl.py): the KL bound and the collapse guard's KL signal use it.
 
 At the end the best checkpoint (highest validation score within the KL bound, refusing non-harmful
 validation prompts at most --max-safe-refusal-rise more often than the starting policy) is published
@@ -41,11 +45,13 @@ import torch
 from rlhf_demo.config import Settings
 from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch
 from rlhf_demo.registry import Registry, check_name
+from rlhf_demo.splits import check_not_reported
 from training import distributed as dist
 from training import losses as L
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.config_cli import parse_config
 from training.actor_critic import ActorCriticRoles
+from training.roles import ToyReward
 
 
 @dataclass
@@ -53,13 +59,18 @@ class PPOConfig:
     # ---------------------------------------------------------------- data
     prompts: list[str] = field(default_factory=lambda: ["seed"], metadata={
         "help": "prompt sources, repeatable: 'seed' (rlhf_demo/data/ppo_prompts.jsonl), 'arena' (users' prompts "
-                "from the feedback database), or a .txt/.jsonl file. Evaluation prompts are always removed."})
+                "from the feedback database), 'mix[:harmful=N,risky=N,ordinary=N]' (the vendored public sets' "
+                "role-'train' prompts balanced by kind, default as many of each as the smallest kind has; with "
+                "it the validation prompts are the sets' role-'val' ones), or a .txt/.jsonl file. Evaluation "
+                "prompts are always removed."})
     max_prompts: int = field(default=0, metadata={"help": "use at most this many training prompts (0 = all)"})
     val_prompts: int = field(default=16, metadata={
         "help": "prompts held out of the pool (stratified by category) for the validation that picks the best "
                 "checkpoint"})
     # ---------------------------------------------------------------- models
-    reward_model: str = field(default="", metadata={"help": "reward-vN to optimise (default: the newest)"})
+    reward_model: str = field(default="", metadata={
+        "help": "reward-vN to optimise (default: the newest), or toy:WORD — a known-answer reward for diagnosis "
+                "(1 if the answer contains WORD, else 0; no reward model, the critic starts fresh)"})
     init_policy: str = field(default="sft", metadata={
         "help": "policy to start from: 'sft' or an rlhf-vN to continue training its adapter"})
     name: str = field(default="", metadata={"help": "name of the published version (default: the next rlhf-vN)"})
@@ -109,20 +120,38 @@ class PPOConfig:
                 "pair; 'sensitive:2' samples a category twice as often). The default anchors helpfulness only: "
                 "imitating the harmless pairs' refusals teaches the policy to refuse in general, which raises "
                 "over-refusal; adding them with the sensitive answers weighted up trades refusals against it"})
-    critic_from_reward: bool = field(default=True, metadata={
-        "help": "PPO-max: initialise the critic adapter and head from the reward model"})
-    critic_warmup: int = field(default=2, metadata={
-        "help": "PPO-max: iterations that update only the critic before the policy moves"})
-    ppo_epochs: int = field(default=1, metadata={"help": "K epochs over the buffer per iteration"})
+    critic_from_reward: bool = field(default=False, metadata={
+        "help": "PPO-max: initialise the critic adapter and head from the reward model. Off by default: the reward "
+                "head scores whole conversations on another scale than the normalised returns and is meaningless "
+                "on answer prefixes — explained variance stayed at -1 to -4 through 8 warm-up iterations "
+                "(docs/ppo-diagnosis.md); a fresh adapter with a zero head starts at 0 and becomes positive"})
+    critic_reward_head: bool = field(default=True, metadata={
+        "help": "with --critic-from-reward: copy the reward head too (else the reward adapter with a fresh value "
+                "head, see --value-head-init-std)"})
+    value_head_init_std: float = field(default=0.0, metadata={
+        "help": "std of the initial weights of a fresh value head (--no-critic-from-reward or a toy reward); "
+                "0 = zeros: the critic predicts 0 until it learns, so the first advantages are the plain "
+                "returns instead of noise from a random head; < 0 = 1/sqrt(hidden+1)"})
+    critic_warmup: int = field(default=4, metadata={
+        "help": "PPO-max: iterations that update only the critic before the policy moves (a fresh critic needs "
+                "a few to predict better than a constant)"})
+    ppo_epochs: int = field(default=4, metadata={
+        "help": "K epochs over the buffer per iteration (1 moved the policy too little to learn in tens of "
+                "iterations; docs/ppo-diagnosis.md)"})
     mini_batch_size: int = field(default=8, metadata={"help": "rollouts per gradient step"})
-    policy_lr: float = field(default=5e-5, metadata={
-        "help": "policy learning rate (paper 5e-7 for full fine-tuning; LoRA needs larger)"})
-    critic_lr: float = field(default=5e-5, metadata={"help": "critic learning rate (paper 1.65e-6 full FT)"})
+    policy_lr: float = field(default=2e-4, metadata={
+        "help": "policy learning rate (paper 5e-7 for full fine-tuning; a LoRA adapter, which starts at zero, needs "
+                "far larger: at 5e-5 the policy moved ~1e-6 nats per update and the reward stayed flat)"})
+    critic_lr: float = field(default=2e-4, metadata={
+        "help": "critic learning rate (paper 1.65e-6 full FT; LoRA adapter + value head)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "PPO-max global gradient clipping (0 = off)"})
     # ---------------------------------------------------------------- collapse guard
     kl_bound: float = field(default=10.0, metadata={
-        "help": "KL bound (nats per answer, objective/kl): the best checkpoint must be within it; the guard "
-                "stops the run when KL stays above it"})
+        "help": "KL bound in nats per answer on val/kl_exact (the exact KL to the reference of answers sampled "
+                "at each validation): the best checkpoint must be within it; the guard stops the run when it "
+                "stays above it for --kl-guard-validations validations"})
+    kl_guard_validations: int = field(default=2, metadata={
+        "help": "validations in a row with val/kl_exact above --kl-bound that stop the run (collapse guard)"})
     best_metric: str = field(default="val/score", metadata={
         "help": "what picks the best checkpoint among those within the bounds: val/score (PPO-max: the reward "
                 "model's mean score on the validation prompts) or val/refusal_margin (share of harmful validation "
@@ -182,13 +211,21 @@ def stratified_indices(categories: list[str], n: int) -> list[int]:
 
 def prompt_pool(cfg: PPOConfig, settings: Settings) -> tuple[list[list[dict]], list[ValPrompt]]:
     """(train, validation) conversations; training.data drops every evaluation prompt."""
-    from training.data import load_prompts
+    from training.data import load_prompts, parse_source, public_val_prompts
 
     items = load_prompts(cfg.prompts, settings=settings)
     random.Random(cfg.seed).shuffle(items)
-    val_idx = set(stratified_indices([it.category or "" for it in items], cfg.val_prompts))
-    val = [ValPrompt(it.messages, it.category) for i, it in enumerate(items) if i in val_idx]
-    train = [it.messages for i, it in enumerate(items) if i not in val_idx]
+    if any(parse_source(p).kind == "mix" for p in cfg.prompts):
+        # public sets: train on role-"train" prompts (and the other sources), validate on role-"val" ones only
+        val = [ValPrompt(it.messages, it.category) for it in public_val_prompts(cfg.val_prompts)]
+        train = [it.messages for it in items]
+    else:
+        val_idx = set(stratified_indices([it.category or "" for it in items], cfg.val_prompts))
+        val = [ValPrompt(it.messages, it.category) for i, it in enumerate(items) if i in val_idx]
+        train = [it.messages for i, it in enumerate(items) if i not in val_idx]
+    # selection apart from the test: no validation prompt is a prompt of a reported suite (LeakError stops the run)
+    check_not_reported([m["content"] for v in val for m in v.messages if m.get("role") == "user"],
+                       "PPO validation prompts")
     if cfg.max_prompts:
         train = train[:cfg.max_prompts]
     if not train:
@@ -476,8 +513,11 @@ class CollapseGuard:
         c = self.cfg
         if self.start_eos_rate is None:  # no baseline given: the first iteration's answers stand in
             self.start_eos_rate = m["response/eos_rate"]
-        return {
-            f"KL {m['objective/kl']:.2f} above the bound {c.kl_bound}": m["objective/kl"] > c.kl_bound,
+        out = {}
+        if "val/kl_exact" in m:  # measured at validation iterations only; between them the KL streak stands
+            out[f"KL {m['val/kl_exact']:.2f} nats per answer (exact, on sampled validation answers) above the "
+                f"bound {c.kl_bound}"] = m["val/kl_exact"] > c.kl_bound
+        return out | {
             f"answers pinned at max length (EOS rate {m['response/eos_rate']:.2f}, "
             f"{self.start_eos_rate:.2f} at the start)":
                 1 - m["response/eos_rate"] >= c.max_length_pinned
@@ -490,7 +530,8 @@ class CollapseGuard:
         for name, firing in self.signals(m).items():
             key = name.split(" ")[0]
             self.streak[key] = self.streak.get(key, 0) + 1 if firing else 0
-            if self.streak[key] >= self.cfg.guard_patience:
+            patience = self.cfg.kl_guard_validations if key == "KL" else self.cfg.guard_patience
+            if self.streak[key] >= patience:
                 return name
         return None
 
@@ -503,19 +544,20 @@ class CollapseGuard:
 
 @torch.no_grad()
 def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[ValPrompt], cfg: PPOConfig) -> dict[str, float]:
-    """Greedy answers to held-out prompts: mean reward-model score, KL to the reference, and how often
-    the policy refuses harmful prompts (good) and the other prompts (over-refusal), by eval.detector."""
-    from eval.detector import is_refusal
+    """Held-out prompts. Greedy answers: mean reward-model score, and how often the policy refuses harmful
+    prompts (good) and the other prompts (over-refusal), by the project's refusal judge (eval.detector's
+    default, which reads the request too: an answer that swaps it for a harmless one is a refusal). Answers SAMPLED from the policy
+    (temperature 1, no nucleus; the same seeds at every validation): ``val/kl_exact``, the exact KL to the
+    reference in nats per answer (:func:`exact_answer_kl`), which the KL bound and the collapse guard use."""
+    from eval.detector import judge_refusals
 
     ro = rollout(roles, tokenizer, [v.messages for v in val_prompts], cfg, seed=0, greedy=True)
-    ids, attn, mask = ro.input_ids, ro.attention_mask, ro.response_mask
-    scores, trunk = roles.score_and_trunk(conversations(ro), ids, attn)
-    logp, _ = roles.token_logprobs("policy", ids, attn, mask, trunk=trunk)
-    ref, _ = roles.token_logprobs(None, ids, attn, mask, trunk=trunk)
-    kl = ((logp - ref) * mask).sum(1)
-    out = {"val/score": float(scores.mean()), "val/kl": float(kl.mean()),
+    ids, attn = ro.input_ids, ro.attention_mask
+    scores, _ = roles.score_and_trunk(conversations(ro), ids, attn)
+    out = {"val/score": float(scores.mean()), "val/kl_exact": exact_answer_kl(roles, tokenizer, val_prompts, cfg),
            "val/eos_rate": float(ro.reached_eos.float().mean())}
-    refused = [is_refusal(r) for r in ro.responses]
+    requests = [next((m["content"] for m in reversed(v.messages) if m["role"] == "user"), None) for v in val_prompts]
+    refused = [v.refusal for v in judge_refusals(ro.responses, requests)]
     for key, want in (("val/refusal_harmful", True), ("val/refusal_safe", False)):
         picked = [r for r, v in zip(refused, val_prompts) if v.harmful == want]
         if picked:
@@ -526,6 +568,25 @@ def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[ValPrompt], c
         out["val/refusal_sensitive"] = sum(sensitive) / len(sensitive)
     out["val/refusal_margin"] = out.get("val/refusal_harmful", 0.0) - out.get("val/refusal_safe", 0.0)
     return out
+
+
+VAL_KL_SEED = 9_176_011  # the KL samples' seeds: the same draws at every validation (common random numbers)
+
+
+@torch.no_grad()
+def exact_answer_kl(roles: ActorCriticRoles, tokenizer, val_prompts: list[ValPrompt], cfg: PPOConfig) -> float:
+    """Mean over the validation prompts of the exact KL(policy ‖ reference) of one answer sampled from the
+    policy at temperature 1 (:mod:`rlhf_demo.kl`: the full next-token distributions at every answer position,
+    summed; never negative), in nats per answer. Seeded by ``--seed``: every validation draws alike."""
+    from dataclasses import replace
+
+    from rlhf_demo.kl import answer_kl
+
+    ro = rollout(roles, tokenizer, [v.messages for v in val_prompts], replace(cfg, temperature=1.0, top_p=1.0),
+                 seed=cfg.seed * 1_000_003 + VAL_KL_SEED)
+    ids, attn, mask = ro.input_ids, ro.attention_mask, ro.response_mask
+    per_token = roles.token_kl(ids, attn, mask, trunk=roles.trunk(ids, attn))
+    return float(answer_kl(per_token, mask).mean())
 
 
 def selection_key(m: dict, cfg: PPOConfig) -> tuple[float, float]:
@@ -566,7 +627,7 @@ class MetricsLog:
 
 PLOTTED = ["reward/score_mean", "objective/kl", "response/length", "response/perplexity", "policy/entropy",
            "policy/clipfrac", "value/loss", "value/explained_variance", "policy/approx_kl", "val/score",
-           "val/refusal_sensitive"]
+           "val/refusal_sensitive", "val/kl_exact"]
 
 
 def plot_curves(rows: list[dict], out: Path) -> Path | None:
@@ -609,7 +670,11 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     settings = dist.init(settings)  # under accelerate launch: join the other processes (else a no-op)
     rank, world = dist.rank(), dist.world_size()
     seed_everything(cfg.seed)  # the same on every rank: the same initial adapters
-    for name in (cfg.name, cfg.reward_model, cfg.init_policy):
+    toy_reward = ToyReward.parse(cfg.reward_model)  # toy:WORD (a bad WORD is refused here)
+    if toy_reward and cfg.publish:
+        raise ValueError(f"--reward-model {cfg.reward_model} is a diagnosis reward: a policy trained on it is not "
+                         "published; add --no-publish")
+    for name in (cfg.name, None if toy_reward else cfg.reward_model, cfg.init_policy):
         if name:
             check_name(name)  # a bad version name (e.g. '../x') is refused now, not after the run
     registry = Registry(settings.versions_dir)
@@ -679,7 +744,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         """The best checkpoint must stay within the KL bound and the over-refusal bound, on all the
         non-harmful validation prompts and on the sensitive ones alone."""
         rise = max(m.get(k, 0.0) - baseline.get(k, 0.0) for k in ("val/refusal_safe", "val/refusal_sensitive"))
-        return m["val/kl"] <= cfg.kl_bound and rise <= cfg.max_safe_refusal_rise + 1e-9
+        return m["val/kl_exact"] <= cfg.kl_bound and rise <= cfg.max_safe_refusal_rise + 1e-9
 
     stopped = None
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="PPO-max", unit="it",
@@ -733,10 +798,10 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         summary["data_parallel"] = {"processes": world, "policy_fingerprints": fingerprints}
     if best["step"] is None:
         # no validation within the KL bound after warm-up: publish the final policy only if within bound
-        final_kl = rows[-1].get("val/kl") if rows else None
+        final_kl = rows[-1].get("val/kl_exact") if rows else None
         if final_kl is not None and rows[-1]["step"] > 0 and within_bounds(rows[-1]):
             roles.save_policy(run_dir / "best")
-            best = {"step": rows[-1]["step"], "val/score": rows[-1].get("val/score"), "val/kl": final_kl}
+            best = {"step": rows[-1]["step"], "val/score": rows[-1].get("val/score"), "val/kl_exact": final_kl}
             summary["best_step"] = best["step"]
     if cfg.publish and best["step"] is not None:
         final = {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}

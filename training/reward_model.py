@@ -146,6 +146,10 @@ class RewardConfig:
     replace: bool = field(default=False, metadata={
         "help": "with --publish-dir: replace an existing version of the same name (only after training succeeded)"})
     description: str = field(default="", metadata={"help": "a line for the version card"})
+    role: str = field(default="reward", metadata={
+        "help": "what the published model is for, written to its card: 'reward' (a training reward model PPO "
+                "may optimise) or 'judge' (an evaluation-only helpfulness judge; train it on judge-role data only)",
+        "choices": ["reward", "judge"]})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -392,7 +396,7 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
     if not train_pairs:
         raise DataError("no training pairs left after the validation split")
     sources = [parse_source(s) for s in config.data]
-    data_card = [{"spec": s, "name": src.name,
+    data_card = [{"spec": s, "name": src.name, "sha256": source_sha256(src),
                   "pairs": sum(p.source == src.name for p in pairs),
                   "train": sum(p.source == src.name for p in train_pairs),
                   "validation": sum(p.source == src.name for p in val_pairs)} for s, src in zip(config.data, sources)]
@@ -598,6 +602,7 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
     model_dir = rm.save(run_dir / "final")
     card = {
         "kind": "reward",
+        "role": config.role,
         "base_model": settings.base_model,
         "parent": parent.name if parent else None,
         "description": config.description or "Bradley-Terry reward model (LoRA + scalar head on the SFT base)",
@@ -617,6 +622,18 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
         print(f"[reward] published {result.version.name} at {result.version.path}", file=sys.stderr)
     dist.barrier()  # release the other ranks
     return result
+
+
+def source_sha256(src) -> dict | None:
+    """sha256 of the files behind one ``--data`` source (for the card): the file itself, or every seed file."""
+    from rlhf_demo.registry import sha256_file
+    from training.data import SEED_PAIRS_DIR
+
+    if src.kind == "file" and Path(src.target).is_file():
+        return {Path(src.target).name: sha256_file(Path(src.target))}
+    if src.kind == "seed":
+        return {f.name: sha256_file(f) for f in sorted(SEED_PAIRS_DIR.glob("*.jsonl"))}
+    return None
 
 
 def publish(model_dir: Path, card: dict, settings: Settings, config: RewardConfig):
@@ -662,7 +679,7 @@ def evaluate_only(config: RewardConfig, settings: Settings, out=None) -> dict:
         torch.set_num_threads(config.num_threads)
     if config.bf16 and settings.dtype == "auto":
         settings = dataclasses.replace(settings, dtype="bfloat16")
-    scorer = load_reward_scorer(settings, config.reward_model)
+    scorer = load_reward_scorer(settings, config.reward_model, allow_judge=True)  # scoring a judge is fine; training it is not
     pairs = load_pairs(config.data, settings, skip_invalid=config.skip_invalid)
     max_length = min(config.max_length, scorer.max_length) if config.max_length else scorer.max_length
     enc = encode_all(scorer.tokenizer, pairs, max_length)

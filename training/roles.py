@@ -47,11 +47,17 @@ DEFAULT_REWARD = "reward-v0"
 class ScalarHead(nn.Module):
     """``Linear(hidden_size, 1)`` in float32: a reward (last token) or a value (every token)."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, init_std: float | None = None):
+        """``init_std``: std of the initial weights (default ``1/sqrt(hidden_size + 1)``; 0 = zeros, a head
+        that predicts 0 everywhere until it learns)."""
         super().__init__()
         self.hidden_size = hidden_size
         self.linear = nn.Linear(hidden_size, 1, dtype=torch.float32)
-        nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        std = 1.0 / math.sqrt(hidden_size + 1) if init_std is None else float(init_std)
+        if std > 0:
+            nn.init.normal_(self.linear.weight, std=std)
+        else:
+            nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -620,18 +626,67 @@ class RewardScorer:
         return chosen, rejected
 
 
-def resolve_reward_version(settings, name: str | None = None, registry=None):
+TOY_PREFIX = "toy:"
+
+
+class ToyReward:
+    """A reward with a known answer, for diagnosing PPO: ``toy:WORD`` pays 1 for an answer that contains
+    WORD as a whole word (case-insensitive), else 0 — the optimal policy says WORD in every answer.
+
+    Same interface as :class:`RewardScorer` (``.score(conversations) -> [float]``, ``.name``, ``.card``)
+    but no adapter and no model: PPO with it runs without a reward model (its critic starts fresh).
+    """
+
+    reward_model = None
+
+    def __init__(self, word: str):
+        import re
+
+        word = word.strip()
+        if not word or not re.fullmatch(r"[\w'-]+", word):
+            raise ValueError(f"toy reward {TOY_PREFIX}{word!r}: WORD must be one word (letters, digits, ' or -)")
+        self.word = word
+        self.name = f"{TOY_PREFIX}{word}"
+        self.card = {"kind": "toy-reward", "word": word}
+        self._pattern = re.compile(rf"(?<![\w'-]){re.escape(word)}(?![\w'-])", re.IGNORECASE)
+
+    @staticmethod
+    def parse(spec: str | None) -> "ToyReward | None":
+        """The toy reward named by ``spec`` (``toy:WORD``), or None for a registry name."""
+        if not spec or not spec.startswith(TOY_PREFIX):
+            return None
+        return ToyReward(spec[len(TOY_PREFIX):])
+
+    def answer_score(self, text: str) -> float:
+        return 1.0 if self._pattern.search(text or "") else 0.0
+
+    def score(self, conversations: Sequence[list[dict]]) -> list[float]:
+        out = []
+        for c in conversations:
+            if not c or c[-1].get("role") != "assistant":
+                raise ValueError("a conversation to score must end with an assistant message")
+            out.append(self.answer_score(c[-1].get("content", "")))
+        return out
+
+
+def resolve_reward_version(settings, name: str | None = None, registry=None, allow_judge: bool = False):
     """The registry version of a reward model.
 
     ``name`` picks one. Otherwise: among the reward models trained on ``settings.base_model`` (or
     whose card names no base), ``reward-v0`` (the shipped default) if present, else the newest.
+    A judge (card ``"role": "judge"``) is never a default, and naming one is refused unless
+    ``allow_judge`` (the evaluation's helpfulness judge): nothing trains against a judge.
     """
     from rlhf_demo.registry import Registry, RegistryError
 
     registry = registry or Registry(settings.versions_dir)
     if name:
-        return registry.get(name, kind="reward")
-    versions = registry.list("reward")
+        version = registry.get(name, kind="reward")
+        if version.card.get("role") == "judge" and not allow_judge:
+            raise RegistryError(f"{name} is a judge (its card has role 'judge'): it grades policies in the "
+                                "evaluation and is never trained against or trained further; pick a reward-vN")
+        return version
+    versions = [v for v in registry.list("reward") if v.card.get("role") != "judge"]  # a judge is never a default
     fits = [v for v in versions if v.card.get("base_model") in (None, settings.base_model)]
     if not fits:
         other = f" (there are reward models for other bases: {', '.join(v.name for v in versions)})" if versions else ""
@@ -644,7 +699,7 @@ def resolve_reward_version(settings, name: str | None = None, registry=None):
 
 
 def load_reward_scorer(settings, name: str | None = None, model=None, tokenizer=None, batch_size: int = 8,
-                       adapter_name: str = "reward") -> RewardScorer:
+                       adapter_name: str = "reward", allow_judge: bool = False) -> RewardScorer:
     """Load a reward model from the registry as a :class:`RewardScorer`.
 
     ``name``: a registry version (default: ``reward-v0``, or the newest reward model if that is
@@ -652,7 +707,7 @@ def load_reward_scorer(settings, name: str | None = None, model=None, tokenizer=
     the reward adapter on — one base in memory for every role; otherwise the base is loaded from
     ``settings`` (``--load-in-4bit`` applies).
     """
-    version = resolve_reward_version(settings, name)
+    version = resolve_reward_version(settings, name, allow_judge=allow_judge)
     card_base = version.card.get("base_model")
     if card_base and card_base != settings.base_model:
         log.warning("reward model %s was trained on base %s, scoring with %s", version.name, card_base,

@@ -5,9 +5,10 @@ Inputs are per-token log-probabilities of each response's tokens under the polic
 (the same base model with the adapter disabled). From them: the k1 estimator mean(log p − log q)
 and the non-negative k3 estimator mean((r − 1) − log r) with r = q/p (Schulman, "Approximating KL
 divergence"). When the exact per-position KL over the whole vocabulary is supplied (``exact_kl``,
-what ``python -m eval`` computes), it is reported too and is the headline number: with greedy
-decoding the responses are not samples from the policy, so the sample estimators are biased,
-while the exact per-position KL along the policy's own responses is not.
+what ``python -m eval`` computes on answers SAMPLED from the policy at temperature 1), it is reported
+too and is the headline number: summed over an answer it is never negative, and its mean over
+sampled answers is an unbiased estimate of the sequence-level KL (the k1/k3 token estimators are
+noisier, and k1 can be negative).
 """
 
 import datasets
@@ -30,7 +31,8 @@ Args:
     confidence (float): default 0.95. n_resamples (int): default 1000. seed (int): default 0.
 Returns:
     kl_per_token ({"mean", "ci"} — exact when given, else k3), kl_k1_per_token, kl_k3_per_token,
-    kl_exact_per_token (when given), kl_per_response (mean over responses of the summed KL),
+    kl_exact_per_token (when given), kl_exact_per_response ({"mean", "ci", "n"}: nats per answer, when given),
+    kl_per_response (mean over responses of the summed KL),
     mean_length_tokens, n_responses, n_tokens.
 Examples:
     >>> kl = evaluate.load("eval/metrics/kl")
@@ -99,6 +101,11 @@ class KL(evaluate.Metric):
             out["kl_exact_per_token"] = _token_mean_ci(exact, confidence, n_resamples, seed)
             out["kl_per_token"] = dict(out["kl_exact_per_token"], estimator="exact")
             per_response = exact
+            sums = numpy.array([float(numpy.sum(e)) for e in exact])
+            lo, hi = bootstrap_ci(lambda idx: float(sums[idx].mean()), len(sums), n_resamples, confidence, seed)
+            out["kl_exact_per_response"] = {"mean": float(sums.mean()) if len(sums) else None, "ci": [lo, hi],
+                                            "n": len(sums), "confidence": confidence, "unit": "nats per answer",
+                                            "method": "mean of per-answer sums; percentile bootstrap over answers"}
         else:
             out["kl_per_token"] = dict(out["kl_k3_per_token"], estimator="k3")
         totals = [float(numpy.sum(s)) for s in per_response]
