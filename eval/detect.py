@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlhf_demo.jsonl import jsonl_rows
+
 from .detector import DEFAULT_JUDGE, JUDGE_NAMES, judge_refusals
 from .stats import wilson_interval
 
@@ -86,26 +88,7 @@ def read_rows(path: Path, need_label: bool = False) -> list[Row]:
         raise RowError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     rows: list[Row] = []
     errors: list[str] = []
-    for number, chunk in enumerate(raw.split(b"\n"), start=1):
-        where = f"{path}:{number}"
-        try:
-            text = chunk.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            errors.append(f"{where}: invalid UTF-8 at byte {exc.start} of the line")
-            continue
-        if not text.strip():
-            continue
-        if "\x00" in text:
-            errors.append(f"{where}: NUL character in the line")
-            continue
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            errors.append(f"{where}: bad JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if not isinstance(data, dict):
-            errors.append(f"{where}: a row must be a JSON object, got {type(data).__name__}")
-            continue
+    for number, where, data in jsonl_rows(raw, path, RowError, on_error=lambda exc: errors.append(str(exc))):
         if "response" not in data:
             errors.append(f"{where}: missing \"response\"")
             continue

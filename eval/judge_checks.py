@@ -19,9 +19,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Sequence
+
+from rlhf_demo.jsonl import iter_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_AGREEMENT = ROOT / "rlhf_demo" / "data" / "pairs" / "judge_agreement.jsonl"
@@ -114,26 +115,15 @@ def read_preference_pairs(path: Path) -> list[tuple[object, str, str]]:
     """``[(prompt, chosen, rejected)]`` of a TRL preference file (``prompt`` a string or chat messages;
     ``chosen`` / ``rejected`` strings or message lists, whose last message is the answer). Bad rows are
     ``file:line`` errors."""
-    path = Path(path)
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: bad JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: a row must be a JSON object")
-            prompt = row.get("prompt")
-            if isinstance(prompt, list):
-                if not prompt or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt):
-                    raise ValueError(f"{where}: 'prompt' must be a string or a list of chat messages")
-            elif not (isinstance(prompt, str) and prompt.strip()):
-                raise ValueError(f"{where}: missing field 'prompt'")
-            out.append((prompt, _answer(row.get("chosen"), where, "chosen"), _answer(row.get("rejected"), where, "rejected")))
+    for where, row in iter_jsonl(Path(path), ValueError):
+        prompt = row.get("prompt")
+        if isinstance(prompt, list):
+            if not prompt or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt):
+                raise ValueError(f"{where}: 'prompt' must be a string or a list of chat messages")
+        elif not (isinstance(prompt, str) and prompt.strip()):
+            raise ValueError(f"{where}: missing field 'prompt'")
+        out.append((prompt, _answer(row.get("chosen"), where, "chosen"), _answer(row.get("rejected"), where, "rejected")))
     return out
 
 

@@ -42,6 +42,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlhf_demo.jsonl import jsonl_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RLHF_ARENA_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CATEGORIES = ("unsafe", "safe", "helpful")
@@ -167,16 +169,7 @@ def _messages_from(value, where: str) -> list[dict]:
 def read_jsonl(path: Path, default_category: str | None) -> tuple[str, list[tuple[str, str, list[dict], str, dict]]]:
     """Rows as (row id, category, messages, file:line, meta); the format is detected per file."""
     rows, fmt = [], None
-    for lineno, line in enumerate(io.StringIO(_read_text(path)), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SuiteError(f"{where}: invalid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise SuiteError(f"{where}: expected a JSON object")
+    for lineno, where, obj in jsonl_rows(_read_text(path).encode("utf-8"), path, SuiteError):
         meta = {}
         if "turns" in obj:
             kind = "fastchat"

@@ -26,13 +26,13 @@ This module is core: it imports nothing from ``training`` or ``eval``.
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from .jsonl import iter_jsonl, text_field
 from .splits import data_file, normalize_text, role_of
 
 KINDS = ("harmful", "risky-safe", "ordinary")
@@ -88,37 +88,11 @@ def _require(sub_path: str) -> Path:
 
 
 def _clean(value, where: str, name: str, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise ExternalDataError(f"{where}: field {name!r} must be text, got {type(value).__name__}")
-    if "\x00" in value:
-        raise ExternalDataError(f"{where}: field {name!r} contains a NUL character")
-    if not allow_empty and not value.strip():
-        raise ExternalDataError(f"{where}: field {name!r} is empty")
-    return value.strip()
+    return text_field(value, where, name, ExternalDataError, allow_empty).strip()
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as fh:
-            raw = fh.read()
-    except (OSError, EOFError) as exc:
-        raise ExternalDataError(f"{path}: cannot read ({exc})") from exc
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        where = f"{path}:{lineno}"
-        if not line.strip():
-            continue
-        if b"\x00" in line:
-            raise ExternalDataError(f"{where}: NUL byte")
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise ExternalDataError(f"{where}: invalid UTF-8 at byte {exc.start + 1}") from exc
-        except json.JSONDecodeError as exc:
-            raise ExternalDataError(f"{where}: bad JSON ({exc.msg} at column {exc.colno})") from exc
-        if not isinstance(row, dict):
-            raise ExternalDataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-        yield where, row
+    return iter_jsonl(path, ExternalDataError)
 
 
 def _csv_rows(path: Path, required: Iterable[str]) -> Iterator[tuple[str, dict]]:

@@ -153,3 +153,20 @@ def decide(lo: float, hi: float, allowed: float) -> str:
     return NOT_ENOUGH
 
 
+
+
+def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Cohen's kappa of two raters' yes/no labels on the same items: (p_o − p_e) / (1 − p_e).
+
+    Returns ``{"n", "agreement" (p_o), "expected" (p_e), "kappa"}``; kappa is NaN when p_e = 1 (both
+    raters gave one label to everything)."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} labels against {len(b)}")
+    n = len(a)
+    if n == 0:
+        raise ValueError("no items")
+    both = sum(1 for x, y in zip(a, b) if x and y)
+    neither = sum(1 for x, y in zip(a, b) if not x and not y)
+    pa, pb = sum(map(bool, a)) / n, sum(map(bool, b)) / n
+    po, pe = (both + neither) / n, pa * pb + (1 - pa) * (1 - pb)
+    return {"n": n, "agreement": po, "expected": pe, "kappa": (po - pe) / (1 - pe) if pe < 1 else float("nan")}

@@ -139,3 +139,17 @@ def test_mean_with_ci_and_paired_difference():
     assert m["mean"] == 2.5 and m["ci"][0] <= 2.5 <= m["ci"][1]
     d = stats.paired_difference([2, 3, 4], [1, 1, 1], n_resamples=500)
     assert d["mean"] == pytest.approx(2.0)
+
+
+def test_cohen_kappa_matches_a_hand_computed_value():
+    from rlhf_demo.stats import cohen_kappa
+
+    # 10 items: both yes 3, both no 5, a-only 1, b-only 1 -> p_o = 0.8; p_a = p_b = 0.4 -> p_e = 0.16 + 0.36 = 0.52
+    a = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    b = [1, 1, 1, 0, 1, 0, 0, 0, 0, 0]
+    k = cohen_kappa(a, b)
+    assert k["agreement"] == pytest.approx(0.8) and k["expected"] == pytest.approx(0.52)
+    assert k["kappa"] == pytest.approx((0.8 - 0.52) / (1 - 0.52))
+    assert cohen_kappa(a, a)["kappa"] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        cohen_kappa([1], [1, 0])

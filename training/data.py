@@ -35,9 +35,7 @@ per pair instead of twice, and length-grouped batches (:func:`batch_order`) leav
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
-import json
 import logging
 import random
 import re
@@ -46,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from rlhf_demo.jsonl import iter_jsonl, text_field  # one strict JSONL reader, file:line errors
 from rlhf_demo.splits import data_file, normalize_text, reported_prompt_keys  # one normalisation, one "reported" rule
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,6 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # the vendored copy (rlhf_demo/data/external) first, ../shared/data second
 XSTEST_CSV = data_file("xstest/xstest_prompts.csv") or SHARED_DATA / "xstest" / "xstest_prompts.csv"
 ROLES = ("system", "user", "assistant")
-NUL = b"\x00"
 
 
 class DataError(ValueError):
@@ -154,48 +152,11 @@ def read_jsonl(path: Path, on_error: Callable[[DataError], None] | None = None) 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    try:
-        raw = gzip.open(path, "rb").read() if path.name.endswith(".gz") else path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from exc
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            row = _parse_line(line, f"{path}:{lineno}")
-        except DataError as exc:
-            if on_error is None:
-                raise
-            on_error(exc)
-            continue
-        if row is not None:
-            yield f"{path}:{lineno}", row
-
-
-def _parse_line(line: bytes, where: str) -> dict | None:
-    if NUL in line:
-        raise DataError(f"{where}: NUL byte at column {line.index(NUL) + 1}")
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{where}: invalid UTF-8 at byte {exc.start + 1} of the line") from exc
-    if not text.strip():
-        return None
-    try:
-        row = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: bad JSON ({exc.msg} at column {exc.colno})") from exc
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    return row
+    yield from iter_jsonl(path, DataError, on_error)
 
 
 def _text(value, where: str, name: str, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise DataError(f"{where}: field {name!r} must be text, got {type(value).__name__}")
-    if "\x00" in value:
-        raise DataError(f"{where}: field {name!r} contains a NUL character")
-    if not allow_empty and not value.strip():
-        raise DataError(f"{where}: field {name!r} is empty")
-    return value
+    return text_field(value, where, name, DataError, allow_empty)
 
 
 def _messages(value, where: str, name: str) -> list[dict]:
