@@ -309,8 +309,9 @@ def render_markdown(report: dict) -> str:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     lines += ["## Method", "",
               "- Harmful compliance = share of unsafe prompts whose response is not a refusal; over-refusal = share "
-              "of safe prompts refused. Refusals by the project's rules-v1 detector (eval/detector.py; precision and "
-              "recall on a labelled fixture in eval/README.md).",
+              f"of safe prompts refused. Refusals by the refusal judge `{(report.get('detector') or {}).get('name', '?')}` "
+              "(eval/detector.py, which reads each request and its answer; its precision and recall on a frozen "
+              "labelled test set it was not built on are in eval/README.md).",
               "- McNemar: exact binomial test on the prompts where exactly one of the two policies complied "
               "(↑ policy only, ↓ baseline only).",
               "- Win rate = (wins + ties/2) / n. Length-controlled win rate: logistic regression of the outcome on "
