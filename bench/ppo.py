@@ -64,6 +64,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results import installed_trl_version  # noqa: E402
+
 TRL_VERSION = "1.12.0"
 DEFAULT_TRL_PATH = ROOT / ".cache" / "bench" / f"trl-{TRL_VERSION}"
 TRL_VARIANTS = ("full", "lora")
@@ -139,12 +141,6 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------------------------------------
 # trl 1.12.0 in its own directory
 # ---------------------------------------------------------------------------------------------
-def installed_trl_version(path: Path) -> str | None:
-    for info in Path(path).glob("trl-*.dist-info"):
-        return info.name[len("trl-"):-len(".dist-info")]
-    return None
-
-
 def ensure_trl(path: Path) -> None:
     version = installed_trl_version(path)
     if version == TRL_VERSION and (path / "trl" / "experimental" / "ppo" / "ppo_trainer.py").is_file():

@@ -36,3 +36,10 @@ def update_section(key: str, body: str, path: Path = RESULTS) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def installed_trl_version(path: Path) -> str | None:
+    """The version of the trl that a bench installed into ``path`` (pip --target), or None."""
+    for info in Path(path).glob("trl-*.dist-info"):
+        return info.name[len("trl-"):-len(".dist-info")]
+    return None

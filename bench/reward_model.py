@@ -47,7 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.results import machine, update_section  # noqa: E402
+from bench.results import installed_trl_version, machine, update_section  # noqa: E402
 
 TRL_VERSION = "1.16.0"
 DEFAULT_TRL_PATH = ROOT / ".cache" / "bench" / f"trl-{TRL_VERSION}"
@@ -216,12 +216,6 @@ def run_ours(args, settings, train_pairs, eval_pairs, tokenizer, out_dir: Path, 
     acc = pairwise_accuracy(torch.tensor(ch), torch.tensor(rj))
     return {"wall_s": result.metrics["train_loop_s"], "cpu_s": cpu, "pairs": len(train_pairs), "steps": steps,
             "accuracy": acc}
-
-
-def installed_trl_version(path: Path) -> str | None:
-    for info in Path(path).glob("trl-*.dist-info"):
-        return info.name[len("trl-"):-len(".dist-info")]
-    return None
 
 
 def ensure_trl(path: Path) -> None:
