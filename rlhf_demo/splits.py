@@ -119,11 +119,6 @@ def reported_prompt_keys(extra_files: Iterable[str | Path] = ()) -> frozenset[st
     return _reported_keys_cached(tuple(str(p) for p in extra_files))[0]
 
 
-def reported_files() -> tuple[str, ...]:
-    """The reported-suite files that were found (for logs and cards)."""
-    return _reported_keys_cached(())[1]
-
-
 def role_of(text: str, reported: frozenset[str] | None = None) -> str:
     """The role of one prompt: ``reported`` for a reported-suite prompt, else one of :data:`ROLES` by hash."""
     key = normalize_text(text)
