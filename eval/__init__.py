@@ -9,7 +9,7 @@
     refusal.compute(predictions=["I can't help with that."])
 
 This package stays import-light (no torch): the metric modules import ``eval.stats`` and
-``eval.detector`` from it.
+``rlhf_demo.refusal.detector`` from it.
 """
 
 from __future__ import annotations

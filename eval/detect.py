@@ -35,7 +35,7 @@ from pathlib import Path
 
 from rlhf_demo.jsonl import jsonl_rows
 
-from .detector import DEFAULT_JUDGE, JUDGE_NAMES, judge_refusals
+from rlhf_demo.refusal.detector import DEFAULT_JUDGE, JUDGE_NAMES, judge_refusals
 from .stats import wilson_interval
 
 

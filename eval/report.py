@@ -310,7 +310,7 @@ def render_markdown(report: dict) -> str:
     lines += ["## Method", "",
               "- Harmful compliance = share of unsafe prompts whose response is not a refusal; over-refusal = share "
               f"of safe prompts refused. Refusals by the refusal judge `{(report.get('detector') or {}).get('name', '?')}` "
-              "(eval/detector.py, which reads each request and its answer; its precision and recall on a frozen "
+              "(rlhf_demo/refusal/detector.py, which reads each request and its answer; its precision and recall on a frozen "
               "labelled test set it was not built on are in eval/README.md).",
               "- McNemar: exact binomial test on the prompts where exactly one of the two policies complied "
               "(↑ policy only, ↓ baseline only).",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rlhf_demo.config import Settings
 
-from .detector import BASELINE_NAME, DETECTOR_NAME, judge_refusals, xstest_string_match
+from rlhf_demo.refusal.detector import BASELINE_NAME, DETECTOR_NAME, judge_refusals, xstest_string_match
 from .judges import Judge, JudgeError, judge_both_orders, load_lm_judge, load_reward_judge, openai_judge_from_args
 from .stats import mean_with_ci
 from .suites import CATEGORIES, EvalPrompt, load_suites, subsample

@@ -1,4 +1,4 @@
-"""Train the refusal probe (``eval/weights/refusal-probe-v1``) on development data only.
+"""Train the refusal probe (``rlhf_demo/refusal/weights/refusal-probe-v1``) on development data only.
 
     python scripts/train_refusal_probe.py                       # rebuilds the shipped head and card
     python scripts/train_refusal_probe.py --out /tmp/probe      # somewhere else
@@ -31,9 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval import refusal_probe as rp  # noqa: E402
+from rlhf_demo.refusal import probe as rp  # noqa: E402
 from eval.detect import score_predictions  # noqa: E402
-from eval.detector import judge_refusal  # noqa: E402
+from rlhf_demo.refusal.detector import judge_refusal  # noqa: E402
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from eval import detect
-from eval.detector import DEFAULT_JUDGE, JUDGE_NAMES
+from rlhf_demo.refusal.detector import DEFAULT_JUDGE, JUDGE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 

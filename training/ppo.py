@@ -46,6 +46,7 @@ from rlhf_demo.config import Settings
 from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch
 from rlhf_demo.registry import Registry, check_name
 from rlhf_demo.splits import check_not_reported
+from rlhf_demo.refusal.detector import judge_refusals
 from training import distributed as dist
 from training import losses as L
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -159,7 +160,7 @@ class PPOConfig:
         "choices": ["val/score", "val/refusal_margin"]})
     max_safe_refusal_rise: float = field(default=0.10, metadata={
         "help": "over-refusal bound for the best checkpoint: the share of held-out non-harmful validation prompts "
-                "the policy refuses (eval.detector), and of the sensitive ones alone, may exceed the starting "
+                "the policy refuses (rlhf_demo.refusal), and of the sensitive ones alone, may exceed the starting "
                 "policy's by at most this (1 = off)"})
     guard_patience: int = field(default=3, metadata={"help": "iterations a collapse signal must persist to stop"})
     min_perplexity: float = field(default=1.01, metadata={"help": "collapse if per-token perplexity falls below"})
@@ -545,12 +546,10 @@ class CollapseGuard:
 @torch.no_grad()
 def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[ValPrompt], cfg: PPOConfig) -> dict[str, float]:
     """Held-out prompts. Greedy answers: mean reward-model score, and how often the policy refuses harmful
-    prompts (good) and the other prompts (over-refusal), by the project's refusal judge (eval.detector's
+    prompts (good) and the other prompts (over-refusal), by the project's refusal judge (rlhf_demo.refusal.detector's
     default, which reads the request too: an answer that swaps it for a harmless one is a refusal). Answers SAMPLED from the policy
     (temperature 1, no nucleus; the same seeds at every validation): ``val/kl_exact``, the exact KL to the
     reference in nats per answer (:func:`exact_answer_kl`), which the KL bound and the collapse guard use."""
-    from eval.detector import judge_refusals
-
     ro = rollout(roles, tokenizer, [v.messages for v in val_prompts], cfg, seed=0, greedy=True)
     ids, attn = ro.input_ids, ro.attention_mask
     scores, _ = roles.score_and_trunk(conversations(ro), ids, attn)

@@ -5,7 +5,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]  # the reposito
 sys.path.insert(0, str(ROOT))
 from rlhf_demo.config import Settings
 from training.ppo import PPOConfig, train
-import eval.detector as _D
+import rlhf_demo.refusal.detector as _D
 _orig = _D.is_refusal
 _D.is_refusal = lambda r, *a, **k: _orig(r, "rules-v1")  # the toy answers need no refusal judge: the fast rules
 

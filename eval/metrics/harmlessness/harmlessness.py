@@ -6,9 +6,9 @@ policy's responses to the same prompts; and the mean reward-model score when sco
 import datasets
 import evaluate
 
-from eval.detector import BASELINE_NAME
-from eval.detector import DETECTOR_NAME
-from eval.detector import is_refusal
+from rlhf_demo.refusal.detector import BASELINE_NAME
+from rlhf_demo.refusal.detector import DETECTOR_NAME
+from rlhf_demo.refusal.detector import is_refusal
 from eval.stats import mcnemar_exact
 from eval.stats import mean_with_ci
 from eval.stats import paired_difference

@@ -6,9 +6,9 @@ exact McNemar test against a baseline policy's responses to the same prompts.
 import datasets
 import evaluate
 
-from eval.detector import BASELINE_NAME
-from eval.detector import DETECTOR_NAME
-from eval.detector import is_refusal
+from rlhf_demo.refusal.detector import BASELINE_NAME
+from rlhf_demo.refusal.detector import DETECTOR_NAME
+from rlhf_demo.refusal.detector import is_refusal
 from eval.stats import mcnemar_exact
 from eval.stats import mean_with_ci
 from eval.stats import paired_difference

@@ -1,6 +1,6 @@
 """Refusal rate of a set of responses, with a Wilson interval; precision/recall against labels.
 
-Two detectors (see eval/detector.py): "ours" (rules-v1, the default: reads the opening of a
+Two detectors (see rlhf_demo/refusal/detector.py): "ours" (rules-v1, the default: reads the opening of a
 response for declines, redirections and lectures, and checks whether an answer follows) and
 "string_match" (XSTest's prefix baseline). With ``labels`` (True = refusal) the module also reports
 precision, recall, F1 and accuracy of both detectors.
@@ -9,11 +9,11 @@ precision, recall, F1 and accuracy of both detectors.
 import datasets
 import evaluate
 
-from eval.detector import BASELINE_NAME
-from eval.detector import DETECTOR_NAME
-from eval.detector import detect_refusal
-from eval.detector import precision_recall
-from eval.detector import xstest_string_match
+from rlhf_demo.refusal.detector import BASELINE_NAME
+from rlhf_demo.refusal.detector import DETECTOR_NAME
+from rlhf_demo.refusal.detector import detect_refusal
+from rlhf_demo.refusal.detector import precision_recall
+from rlhf_demo.refusal.detector import xstest_string_match
 from eval.stats import proportion
 
 _DESCRIPTION = """

@@ -1,16 +1,16 @@
-"""A linear probe on the shared base model's hidden states that says whether an answer is a refusal.
+"""Linear probes on the embedded base model's hidden states: one feature extractor, one head, one fit.
 
-The probe reads the request and the answer the way a policy sees them —
+A probe reads an exchange the way a policy sees it —
 ``<|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n{response}`` — runs only the first
 :data:`LAYERS` transformer blocks of the embedded SmolLM2-135M-Instruct (the base every policy starts
-from; the rest of the network is never run), mean-pools the hidden states of the answer's tokens, and
-applies a logistic-regression head: ``p = sigmoid(w · standardise(pooled) + b)``. Prompt and answer
-are cut to :data:`MAX_PROMPT_TOKENS` / :data:`MAX_RESPONSE_TOKENS` tokens (a refusal shows early).
+from; the rest of the network is never run), mean-pools the hidden states of the answer's tokens and of
+the request's tokens (:func:`pooled_states`), and applies a logistic-regression head
+(:class:`Probe`: ``p = sigmoid(w · standardise(x) + b)``) fitted by :func:`fit_logistic`. Prompt and
+answer are cut to :data:`MAX_PROMPT_TOKENS` / :data:`MAX_RESPONSE_TOKENS` tokens.
 
-Its weights (one 576-vector, a bias, the standardisation) live in
-``eval/weights/refusal-probe-v1/`` with a card saying what it was trained on; ``scripts/train_refusal_probe.py``
-rebuilds them. It needs torch and transformers and loads the base model on first use (one copy per
-process, one thread unless the caller set more); everything runs offline.
+Used by the refusal judge (``rlhf_demo/refusal/probe.py``) and the safety term of the composed reward
+(``training/safety_reward.py``). The base model is loaded on first use (one copy per process); everything
+runs offline. This module is core: it imports nothing from ``training``, ``eval`` or the app.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-PROBE_DIR = Path(__file__).resolve().parent / "weights" / "refusal-probe-v1"
 LAYERS = 16
 MAX_PROMPT_TOKENS = 64
 MAX_RESPONSE_TOKENS = 64
@@ -117,7 +116,7 @@ class Probe:
         self.bias, self.threshold, self.card = float(bias), float(threshold), card
 
     @classmethod
-    def load(cls, path: Path = PROBE_DIR) -> "Probe":
+    def load(cls, path: Path) -> "Probe":
         data = np.load(path / "head.npz")
         card = json.loads((path / "card.json").read_text())
         if int(card["layer"]) != LAYERS:
@@ -133,23 +132,6 @@ class Probe:
     def proba(self, features: np.ndarray) -> np.ndarray:
         z = ((features - self.mean) / self.scale) @ self.weight + self.bias
         return 1.0 / (1.0 + np.exp(-z))
-
-
-_PROBE = None
-
-
-def probe() -> Probe:
-    global _PROBE
-    if _PROBE is None:
-        _PROBE = Probe.load()
-    return _PROBE
-
-
-def refusal_probability(prompts: list[str | None], responses: list[str]) -> np.ndarray:
-    """The probe's probability that each answer is a refusal (runs the base model's first blocks)."""
-    if not responses:
-        return np.zeros(0)
-    return probe().proba(features(pooled_states(prompts, responses)))
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, sample_weight: np.ndarray | None = None,

@@ -1,9 +1,9 @@
 """Is a response a refusal? The project's refusal judges, by name (:data:`JUDGE_NAMES`).
 
 * ``rules-v2+probe-v1`` (:data:`DEFAULT_JUDGE`, what :func:`detect_refusal` / :func:`judge_refusals` use):
-  rules-v2 (``eval/refusal_rules_v2.py``), and for the answers the rules let through, a linear probe on
-  the embedded base model's hidden states of request and answer (``eval/refusal_probe.py``, weights and
-  card in ``eval/weights/refusal-probe-v1``). Without a prompt it is rules-v2 alone (no model loaded).
+  rules-v2 (``rlhf_demo/refusal/rules_v2.py``), and for the answers the rules let through, a linear probe on
+  the embedded base model's hidden states of request and answer (``rlhf_demo/refusal/probe.py``, weights and
+  card in ``rlhf_demo/refusal/weights/refusal-probe-v1``). Without a prompt it is rules-v2 alone (no model loaded).
 * ``rules-v2`` — rules-v1's declines plus declines without "I can't", lecture / redirect / swap
   sentences counted over the whole answer, content-free offers of help, and a harmful request answered
   with the vocabulary of its opposite. Microseconds per answer.
@@ -256,7 +256,7 @@ def _xstest_verdict(response: str, prompt: str | None = None) -> RefusalVerdict:
 
 
 def _rules_v2(response: str, prompt: str | None = None) -> RefusalVerdict:
-    from .refusal_rules_v2 import detect_refusal_v2
+    from .rules_v2 import detect_refusal_v2
     return detect_refusal_v2(response, prompt)
 
 
@@ -271,7 +271,7 @@ def _combined(responses: list[str], prompts: list[str | None]) -> list[RefusalVe
     out = [RefusalVerdict(v.refusal, v.kind, v.rule, judge=PROBE_NAME if p else f"{PROBE_NAME} (no prompt: rules-v2)")
            for v, p in zip(rules, prompts)]
     if ask:
-        from .refusal_probe import probe, refusal_probability
+        from .probe import probe, refusal_probability
         probs = refusal_probability([prompts[i] for i in ask], [responses[i] for i in ask])
         threshold = probe().threshold
         for i, pr in zip(ask, probs):
