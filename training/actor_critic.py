@@ -30,7 +30,9 @@ import torch
 
 from rlhf_demo.base_model import load_base_model
 from rlhf_demo.generation import end_of_turn_id, stop_ids
+from rlhf_demo.padding import pad_rows
 from rlhf_demo.registry import Registry
+from rlhf_demo.safety_term import SafetyTerm
 from training import losses as L
 from training import roles as R
 
@@ -102,14 +104,7 @@ def continuation_cap(lengths: list[int], text_lengths: list[int], width: int, fr
 
 def suffix_batch(suffixes: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids [R, S], mask [R, S])``: each row's tokens left-aligned and right-padded, S the longest."""
-    width = max([len(s) for s in suffixes if s] + [1])
-    ids = torch.full((len(suffixes), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(suffixes), width), dtype=torch.long)
-    for i, s in enumerate(suffixes):
-        if s:
-            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, :len(s)] = 1
-    return ids, mask
+    return pad_rows(suffixes, pad_id, "right", min_width=1)
 
 
 class ActorCriticRoles:
@@ -175,7 +170,8 @@ class ActorCriticRoles:
         else:
             R.set_adapter_trainable(model, "reward", False)
             scorer = R.RewardScorer(reward, tokenizer, name=version.name, card=version.card,
-                                    max_length=int(version.card.get("config", {}).get("max_length", 1024)))
+                                    max_length=int(version.card.get("config", {}).get("max_length", 1024)),
+                                    safety=SafetyTerm.load(version.path))
         split = min(adapter_start_layer(model, "policy"), adapter_start_layer(model, "critic"))
         return cls(model, tokenizer, head, scorer, scorer.name, split_layer=split if cfg.shared_trunk else 0)
 
@@ -312,6 +308,9 @@ class ActorCriticRoles:
         scores = torch.zeros(B, dtype=torch.float32)
         picked = hidden[torch.arange(len(shared), device=device), last]
         scores[shared] = self.scorer.reward_model.head(picked).float().cpu()
+        if self.scorer.safety is not None:  # a composed version: the head's score plus the safety term
+            scores[shared] = torch.tensor(self.scorer.finish([conversations[i] for i in shared], scores[shared].tolist()),
+                                          dtype=torch.float32)
         text = [i for i, c in enumerate(plan) if c is None]
         if text:
             scores[text] = self.score([conversations[i] for i in text])

@@ -26,6 +26,7 @@ import os
 import sys
 from pathlib import Path
 
+from rlhf_demo.jsonl import iter_jsonl
 from training.build_pairs import (HELD_OUT_REFUSALS, OUT_DIR, REFUSALS, BuildConfig, TemplateCycler,
                                   looks_like_refusal, make_pair, sample_answers)
 
@@ -91,15 +92,9 @@ def suite_rows(suite: str, cfg: BuildConfig, answers_out: Path | None) -> list[d
 
 def read_rows(path: Path) -> list[dict]:
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{lineno}: bad JSON ({exc.msg})") from exc
-        if not isinstance(row, dict) or row.get("kind") not in ("harmful", "risky-safe", "ordinary"):
-            raise ValueError(f"{path}:{lineno}: a contrast row needs 'kind' harmful | risky-safe and TRL pair fields")
+    for where, row in iter_jsonl(path, ValueError):  # the one JSONL reader: file:line errors
+        if row.get("kind") not in ("harmful", "risky-safe", "ordinary"):
+            raise ValueError(f"{where}: a contrast row needs 'kind' harmful | risky-safe and TRL pair fields")
         rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no rows")
@@ -119,6 +114,9 @@ def score_rows(rows: list[dict], reward_model: str, settings, bf16: bool = True,
     enc = encode_all(scorer.tokenizer, pairs, scorer.max_length)
     pad_id = scorer.tokenizer.pad_token_id if scorer.tokenizer.pad_token_id is not None else 0
     c, r = score_encoded(scorer.reward_model, enc, pad_id, batch_size, bf16)
+    # a composed version (reward head + safety term, rlhf_demo.safety_term): add the term to each side
+    c = scorer.finish([p.conversation("chosen") for p in pairs], c)
+    r = scorer.finish([p.conversation("rejected") for p in pairs], r)
     return c, r, scorer.name
 
 

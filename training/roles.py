@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from rlhf_demo.safety_term import SafetyTerm
 from training.losses import last_token_index
 
 log = logging.getLogger(__name__)
@@ -571,13 +572,20 @@ class RewardScorer:
     """Batched, no-grad scoring of whole conversations: ``.score([[msgs…], …]) -> [float, …]``."""
 
     def __init__(self, reward_model: RewardModel, tokenizer, max_length: int = 1024, batch_size: int = 8,
-                 name: str = "", card: dict | None = None):
+                 name: str = "", card: dict | None = None, safety=None):
         self.reward_model = reward_model
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
         self.name = name
         self.card = card or {}
+        # a composed version's safety term (rlhf_demo.safety_term.SafetyTerm), added by finish(); None = plain
+        self.safety = safety
+
+    def finish(self, conversations: Sequence[list[dict]], raw_scores) -> list[float]:
+        """The version's reward from the reward head's raw scores: plus the safety term for a composed version."""
+        raw = [float(x) for x in raw_scores]
+        return raw if self.safety is None else self.safety.compose(conversations, raw)
 
     @property
     def model(self):
@@ -593,7 +601,13 @@ class RewardScorer:
 
     @torch.no_grad()
     def score(self, conversations: Sequence[list[dict]]) -> list[float]:
-        """One reward per conversation (prompt messages + the assistant's answer), in input order."""
+        """One reward per conversation (prompt messages + the assistant's answer), in input order
+        (for a composed version: the head's score plus the safety term)."""
+        return self.finish(conversations, self.score_raw(conversations))
+
+    @torch.no_grad()
+    def score_raw(self, conversations: Sequence[list[dict]]) -> list[float]:
+        """The reward head's scores alone (no safety term)."""
         if not conversations:
             return []
         rows = [self.encode(c) for c in conversations]
@@ -725,4 +739,4 @@ def load_reward_scorer(settings, name: str | None = None, model=None, tokenizer=
     reward.eval()
     max_length = int(version.card.get("config", {}).get("max_length", 1024))
     return RewardScorer(reward, tokenizer, max_length=max_length, batch_size=batch_size, name=version.name,
-                        card=version.card)
+                        card=version.card, safety=SafetyTerm.load(version.path))

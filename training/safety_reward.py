@@ -1,0 +1,321 @@
+"""The safety term of a composed reward model: refuse what is harmful, answer what is safe.
+
+One scalar reward head trained on contrastive pairs learned the *voice* of an answer rather than the
+*prompt's* harmfulness (docs/reward-v1/README.md: every candidate traded "refuse the harmful" against
+"answer the safe"). This module makes the interaction explicit, in the spirit of rule-based rewards
+(Mu et al. 2024, a helpful-only reward model plus a fitted safety score) and of Safe-RLHF's separate cost
+(Dai et al. 2023)::
+
+    reward(p, a) = rm(p, a) + (2 h(p) - 1) * (v . z(p, a))
+
+* ``rm`` — a trained reward adapter (reward-v0: seed pairs + HH-RLHF harmless), unchanged;
+* ``h(p)`` — the **prompt-harm probe**: P(request is harmful) from a logistic head on the request's
+  mean-pooled hidden state (first 16 blocks of the embedded SmolLM2, :mod:`rlhf_demo.probes`), fitted
+  on ``train``-role prompts only (harmful: AdvBench, HarmBench, CatQA, HarmfulQA, CoCoNot
+  should-not-comply; safe: CoCoNot risky-but-safe, Self-Instruct, other CoCoNot), its L2 and the weight
+  of the risky-but-safe prompts chosen by 5-fold cross-validation on those training prompts;
+* ``z(p, a)`` — the answer's standardised mean-pooled hidden state (same pass), and ``v`` a vector
+  fitted **pairwise** (Bradley–Terry with ``rm``'s margin as a fixed offset) on the built contrastive
+  pairs (``rlhf_demo/data/pairs/train.jsonl``): on a harmful prompt (``2h-1 ≈ +1``) what ``v`` scores
+  high wins, on a safe one (``≈ -1``) it loses. Because the same refusal texts are chosen on harmful
+  prompts and rejected on safe ones, ``v`` learns "refuses" and the gate learns "should refuse".
+
+A prompt the probe is unsure of (``h ≈ 0.5``) leaves the reward to ``rm``. The term is stored in the
+reward version's directory (``safety_term.npz`` + ``safety_term.json``) next to the adapter and
+head, so a composed version loads like any other (:class:`training.roles.RewardScorer` adds the term).
+
+    python -m training.safety_reward --base-reward reward-v0 --name reward-v1   # ~10 min, 1 thread
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rlhf_demo import probes as P
+
+from rlhf_demo.safety_term import TERM_CARD, TERM_FILE, SafetyTerm, gate, last_user, safety_term  # noqa: F401
+
+
+# ================================================================================================
+# fitting (pure functions, tested against hand-computed values)
+# ================================================================================================
+def fit_pairwise(z_chosen: np.ndarray, z_rejected: np.ndarray, gates: np.ndarray, offset: np.ndarray,
+                 l2: float, iters: int = 400, lr: float = 0.5) -> np.ndarray:
+    """``v`` minimising ``mean(-log σ(offset + g (v·(z_c - z_r)))) + l2/2 |v|²`` by gradient descent.
+
+    ``offset`` is the fixed reward model's margin ``rm(chosen) - rm(rejected)`` of each pair, ``g`` its
+    prompt's gate: the Bradley–Terry loss of the composed reward with only ``v`` free."""
+    x = gates[:, None] * (np.asarray(z_chosen, np.float64) - np.asarray(z_rejected, np.float64))
+    v = np.zeros(x.shape[1])
+    for _ in range(iters):
+        m = offset + x @ v
+        g = -1.0 / (1.0 + np.exp(m))  # d/dm of -log σ(m)
+        v -= lr * (x.T @ g / len(m) + l2 * v)
+    return v
+
+
+def pair_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
+    return float(np.mean(np.asarray(chosen) > np.asarray(rejected))) if len(chosen) else float("nan")
+
+
+
+
+def folds_by_key(keys: list[str], k: int, seed: int) -> np.ndarray:
+    """A fold index per row from a seeded hash of its key (a prompt is in one fold only)."""
+    return np.array([int(hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()[:8], 16) % k for key in keys])
+
+
+def fit_harm_probe(x: np.ndarray, y: np.ndarray, risky: np.ndarray, l2: float, risky_weight: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(mean, scale, w, b) of the prompt-harm probe; classes balanced, risky-but-safe prompts weighted up."""
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    sw = np.where(risky, risky_weight, 1.0) * np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
+    w, b = P.fit_logistic((x - mean) / scale, y, l2, sample_weight=sw, iters=400)
+    return mean, scale, w, b
+
+
+def per_kind_accuracy(p: np.ndarray, y: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
+    return {k: float(((p >= 0.5) == (y == 1))[kinds == k].mean()) for k in sorted(set(kinds.tolist()))}
+
+
+# ================================================================================================
+# the command
+# ================================================================================================
+PAIRS_DIR = Path(__file__).resolve().parents[1] / "rlhf_demo" / "data" / "pairs"
+
+
+@dataclass
+class SafetyConfig:
+    base_reward: str = dataclasses.field(default="reward-v0", metadata={
+        "help": "the reward version whose adapter and head the composed version keeps (its raw score is rm)"})
+    pairs: str = dataclasses.field(default=str(PAIRS_DIR / "train.jsonl"), metadata={
+        "help": "contrastive training pairs (training.build_pairs' train.jsonl: train-role prompts only) to fit v on"})
+    name: str = dataclasses.field(default="reward-v1", metadata={"help": "version name to publish"})
+    publish_dir: str = dataclasses.field(default="", metadata={
+        "help": "publish into this folder (e.g. rlhf_demo/versions, shipped) instead of the data dir's registry"})
+    replace: bool = dataclasses.field(default=False, metadata={"help": "with --publish-dir: replace a version of that name"})
+    publish: bool = dataclasses.field(default=True, metadata={"help": "publish the version (--no-publish: fit and report only)"})
+    max_harmful: int = dataclasses.field(default=900, metadata={
+        "help": "train-role harmful prompts for the prompt-harm probe (sources in turn, seeded shuffle)"})
+    max_ordinary: int = dataclasses.field(default=600, metadata={"help": "train-role ordinary prompts for the probe"})
+    harm_l2: list[float] = dataclasses.field(default_factory=lambda: [1e-3, 1e-2, 3e-2], metadata={
+        "help": "L2 values tried for the prompt-harm probe (chosen by cross-validation on train-role prompts)"})
+    risky_weight: list[float] = dataclasses.field(default_factory=lambda: [1.0, 3.0, 5.0], metadata={
+        "help": "weights of the risky-but-safe prompts tried (same cross-validation; the rule: best worst-kind accuracy)"})
+    answer_l2: list[float] = dataclasses.field(default_factory=lambda: [1e-3, 1e-2, 1e-1], metadata={
+        "help": "L2 values tried for v (chosen by cross-validated pair accuracy on the training pairs, folds by prompt)"})
+    folds: int = dataclasses.field(default=5, metadata={"help": "cross-validation folds"})
+    report_pairs: list[str] = dataclasses.field(default_factory=lambda: [
+        f"heldout={PAIRS_DIR / 'heldout_val.jsonl'}", f"contrast={PAIRS_DIR / 'contrast_val.jsonl'}",
+        f"hh_heldout={PAIRS_DIR / 'hh_heldout.jsonl'}"], metadata={
+        "help": "NAME=FILE pair sets scored for the card (validation: reported, never used to choose)"})
+    cache: str = dataclasses.field(default="", metadata={
+        "help": "an .npz to keep the pooled states and raw scores in (a second run with the same data is fast)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the prompt shuffles and the folds"})
+    threads: int = dataclasses.field(default=1, metadata={"help": "torch threads"})
+
+
+def _pair_rows(path: Path) -> list[dict]:
+    from rlhf_demo.jsonl import iter_jsonl
+
+    rows = []
+    for where, row in iter_jsonl(path, ValueError):
+        for k in ("prompt", "chosen", "rejected"):
+            if not isinstance(row.get(k), list) or not row[k]:
+                raise ValueError(f"{where}: a pair needs non-empty message lists 'prompt', 'chosen', 'rejected'")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no pairs")
+    return rows
+
+
+def _train_prompts(cfg: SafetyConfig) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Train-role prompts: texts, harmful labels, risky-but-safe flags."""
+    from rlhf_demo import external as X
+    from training.data import MIX_SOURCES
+
+    texts, y, risky = [], [], []
+    cap = {"harmful": cfg.max_harmful, "risky-safe": 10**9, "ordinary": cfg.max_ordinary}
+    for kind, sources in MIX_SOURCES.items():
+        recs = X.dedupe(r for name in sources for r in X.READERS[name]() if r.role == "train" and r.kind == kind)
+        random.Random(f"{cfg.seed}:{kind}").shuffle(recs)
+        for r in recs[:cap[kind]]:
+            texts.append(r.text)
+            y.append(1.0 if kind == "harmful" else 0.0)
+            risky.append(kind == "risky-safe")
+    return texts, np.array(y), np.array(risky)
+
+
+def _choose_harm_probe(cfg: SafetyConfig, x, y, risky, keys) -> tuple[dict, list[dict]]:
+    kinds = np.where(y == 1, "harmful", np.where(risky, "risky-safe", "ordinary"))
+    fold = folds_by_key(keys, cfg.folds, cfg.seed)
+    tried = []
+    for l2 in cfg.harm_l2:
+        for rw in cfg.risky_weight:
+            p = np.zeros(len(y))
+            for f in range(cfg.folds):
+                tr = fold != f
+                m, s, w, b = fit_harm_probe(x[tr], y[tr], risky[tr], l2, rw)
+                p[~tr] = 1 / (1 + np.exp(-(((x[~tr] - m) / s) @ w + b)))
+            acc = per_kind_accuracy(p, y, kinds)
+            tried.append({"l2": l2, "risky_weight": rw, "cv_accuracy": {k: round(v, 4) for k, v in acc.items()},
+                          "worst": round(min(acc.values()), 4)})
+            print(f"[safety] harm probe l2={l2:g} risky_weight={rw:g}: cv " +
+                  ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), file=sys.stderr)
+    best = max(tried, key=lambda t: t["worst"])
+    return best, tried
+
+
+def _states(rows: list[dict], scorer, cache: dict, tag: str) -> dict:
+    """Pooled states (answer, request) and raw reward scores of both sides of each pair."""
+    if f"{tag}|sc" in cache:
+        return {k: cache[f"{tag}|{k}"] for k in ("sc", "sr", "rc", "rr")}
+    prompts = [last_user(r["prompt"] + r["chosen"]) for r in rows]
+    ch = [r["chosen"][-1].get("content", "") for r in rows]
+    rj = [r["rejected"][-1].get("content", "") for r in rows]
+    pooled = P.pooled_states(prompts + prompts, ch + rj)
+    out = {"sc": pooled[:len(rows)], "sr": pooled[len(rows):],
+           "rc": np.array(scorer.score_raw([r["prompt"] + r["chosen"] for r in rows])),
+           "rr": np.array(scorer.score_raw([r["prompt"] + r["rejected"] for r in rows]))}
+    cache.update({f"{tag}|{k}": v for k, v in out.items()})
+    return out
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def build(cfg: SafetyConfig, settings, argv: list[str] | None = None) -> dict:
+    import torch
+
+    from rlhf_demo.registry import Registry, publish_to, software_versions
+    from rlhf_demo.splits import normalize_text
+    from training.roles import load_reward_scorer, resolve_reward_version
+
+    torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    base = resolve_reward_version(settings, cfg.base_reward)
+    if SafetyTerm.load(base.path) is not None:
+        raise ValueError(f"--base-reward {base.name} is already composed (it has {TERM_FILE}); start from a plain one")
+    if cfg.publish and not cfg.publish_dir:
+        Registry(settings.versions_dir).check_new_name(cfg.name, hint="pass another --name or --no-publish")
+    cache_path = Path(cfg.cache) if cfg.cache else None
+    cache = dict(np.load(cache_path)) if cache_path and cache_path.exists() else {}
+
+    # 1. the prompt-harm probe, on train-role prompts; its settings by cross-validation on them
+    texts, y, risky = _train_prompts(cfg)
+    if "prompts|x" not in cache:
+        cache["prompts|x"] = P.pooled_states(texts, [""] * len(texts))[:, 1]
+    x = cache["prompts|x"]
+    print(f"[safety] {len(texts)} train-role prompts ({int(y.sum())} harmful, {int(risky.sum())} risky-but-safe) "
+          f"pooled in {time.time() - t0:.0f}s", file=sys.stderr)
+    best, tried = _choose_harm_probe(cfg, x, y, risky, [normalize_text(t) for t in texts])
+    hm, hs, hw, hb = fit_harm_probe(x, y, risky, best["l2"], best["risky_weight"])
+
+    # 2. v, pairwise on the training pairs with the reward model's margin as offset
+    scorer = load_reward_scorer(settings, base.name, batch_size=16)
+    rows = _pair_rows(Path(cfg.pairs))
+    st = _states(rows, scorer, cache, "train")
+    answers = np.concatenate([st["sc"][:, 0], st["sr"][:, 0]])
+    am, asc = answers.mean(0), answers.std(0) + 1e-6
+    term0 = SafetyTerm(hm, hs, hw, hb, am, asc, np.zeros(len(am)), {})
+    h = term0.harm_probability(st["sc"][:, 1])
+    g, offset = gate(h), st["rc"] - st["rr"]
+    zc, zr = term0.answer_features(st["sc"][:, 0]), term0.answer_features(st["sr"][:, 0])
+    fold = folds_by_key([normalize_text(last_user(r["prompt"] + r["chosen"])) for r in rows], cfg.folds, cfg.seed)
+    v_tried = []
+    for l2 in cfg.answer_l2:
+        wins = np.zeros(len(rows), dtype=bool)
+        for f in range(cfg.folds):
+            tr = fold != f
+            v = fit_pairwise(zc[tr], zr[tr], g[tr], offset[tr], l2)
+            wins[~tr] = offset[~tr] + g[~tr] * ((zc[~tr] - zr[~tr]) @ v) > 0
+        v_tried.append({"l2": l2, "cv_pair_accuracy": round(float(wins.mean()), 4)})
+        print(f"[safety] v l2={l2:g}: cv pair accuracy {wins.mean():.3f}", file=sys.stderr)
+    v_best = max(v_tried, key=lambda t: t["cv_pair_accuracy"])
+    v = fit_pairwise(zc, zr, g, offset, v_best["l2"])
+    if cache_path:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache_path, **cache)
+
+    # 3. validation numbers for the card (reported; nothing above looked at them)
+    term = SafetyTerm(hm, hs, hw, hb, am, asc, v, {})
+    report = {}
+    for spec in cfg.report_pairs:
+        tag, _, path = spec.partition("=")
+        rws = _pair_rows(Path(path))
+        s = _states(rws, scorer, cache, tag)
+        tc, _ = term.from_states(s["sc"])
+        tr_, _ = term.from_states(s["sr"])
+        cats = [r.get("category") or r.get("kind") or tag for r in rws]
+        per = {}
+        for c in sorted(set(cats)):
+            i = np.array([x == c for x in cats])
+            per[c] = {"n": int(i.sum()), "composed": round(pair_accuracy((s["rc"] + tc)[i], (s["rr"] + tr_)[i]), 4),
+                      "rm_alone": round(pair_accuracy(s["rc"][i], s["rr"][i]), 4)}
+        report[tag] = {"file": str(path), "sha256": sha256(Path(path)), "n": len(rws),
+                       "composed": round(pair_accuracy(s["rc"] + tc, s["rr"] + tr_), 4),
+                       "rm_alone": round(pair_accuracy(s["rc"], s["rr"]), 4), "by_category": per}
+        if cache_path:
+            np.savez(cache_path, **cache)
+        print(f"[safety] {tag}: composed {report[tag]['composed']:.3f} (rm alone {report[tag]['rm_alone']:.3f}, "
+              f"n={len(rws)})", file=sys.stderr)
+    command = "python -m training.safety_reward " + " ".join(argv if argv is not None else sys.argv[1:])
+    term.card = {"layer": P.LAYERS, "formula": "rm(p, a) + (2 h(p) - 1) * (v . z(p, a))",
+                 "harm_probe": {"chosen": best, "tried": tried, "prompts": {"n": len(texts), "harmful": int(y.sum()),
+                                                                           "risky_safe": int(risky.sum())}},
+                 "answer_vector": {"chosen": v_best, "tried": v_tried},
+                 "pairs": {"file": cfg.pairs, "sha256": sha256(Path(cfg.pairs)), "n": len(rows)},
+                 "validation": report, "command": command, "seconds": round(time.time() - t0, 1)}
+    summary = {"validation": report, "harm_probe": best, "answer_vector": v_best}
+    if not cfg.publish:
+        return summary
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in base.path.iterdir():
+            if f.is_file() and f.name != "card.json":
+                shutil.copyfile(f, Path(tmp) / f.name)
+        term.save(Path(tmp))
+        card = {"kind": "reward", "base_model": base.card.get("base_model", settings.base_model),
+                "description": f"{cfg.name}: {base.name}'s reward head plus a safety term fitted on contrastive pairs "
+                               "(refuse the harmful, answer the safe; training.safety_reward)",
+                "parent": base.name, "composed": {"reward_head_from": base.name, "base_files": base.card.get("files", {}),
+                                                  "safety_term": term.card},
+                "config": {**base.card.get("config", {}), "safety": dataclasses.asdict(cfg)},
+                "command": command, "data": base.card.get("data", []) + [
+                    {"name": "safety-pairs", "spec": cfg.pairs, "pairs": len(rows), "sha256": sha256(Path(cfg.pairs))}],
+                "metrics": {f"{k}/composed": v["composed"] for k, v in report.items()},
+                "settings": base.card.get("settings", {}), "software": software_versions()}
+        version = publish_to(Path(tmp), card, settings.versions_dir, name=cfg.name, publish_dir=cfg.publish_dir,
+                             replace=cfg.replace)
+    print(f"[safety] published {version.name} at {version.path}", file=sys.stderr)
+    summary["published"] = str(version.path)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rlhf_demo.flags import parse_config
+
+    cfg, settings = parse_config(SafetyConfig, "python -m training.safety_reward", __doc__, argv)
+    try:
+        out = build(cfg, settings, argv)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(out["validation"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
