@@ -13,6 +13,7 @@ import logging
 import sys
 
 from rlhf_demo.config import add_settings_args, settings_from_args
+from rlhf_demo.flags import ConfigParser
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
@@ -27,13 +28,14 @@ def is_loopback(host: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ConfigParser(  # the one flag parser; the shared settings flags come last (below)
+        settings=False, formatter_class=argparse.HelpFormatter,
         prog="python app.py", description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1])
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on; 0.0.0.0 serves the network (use --auth then; default: %(default)s)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default: %(default)s)")
     p.add_argument("--auth", metavar="FILE", default=None,
-                   help="users file with salted password hashes (create it with `python -m rlhf_demo.auth add "
+                   help="users file with salted password hashes (create it with `python -m arena_app.auth add "
                         "USER --file FILE`); enables login — nothing works without it — and puts the user name "
                         "on every vote")
     p.add_argument("--admin", metavar="USER", action="append", default=[],
@@ -43,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the pair offered in blind mode: two version names (e.g. 'sft,rlhf-v1'; 'newest' = the "
                         "newest RLHF version when the round starts), or 'all' to sample two among every version "
                         "(default: %(default)s)")
+    p.add_argument("--prompt-pool", metavar="FILE", default=None,
+                   help="JSONL prompt pool for the example prompts and the 'Suggest a prompt' button, one object a "
+                        "line: {\"prompt\": ..., \"category\": \"harmful\"|\"risky-safe\"|\"ordinary\", \"lang\": "
+                        "\"en\"|\"zh\"} (default: the project's pool, train-role prompts only)")
+    p.add_argument("--boost-votes", type=int, default=30,
+                   help="a published version counts as new until it has this many votes against another version; "
+                        "new versions get --boost-share of the blind rounds (default: %(default)s)")
+    p.add_argument("--boost-share", type=float, default=0.5,
+                   help="share of blind rounds given to a new version (0 = no boost; default: %(default)s)")
+    p.add_argument("--overlap-share", type=float, default=0.1,
+                   help="share of new blind rounds (signed-in users, --auth) that replay a conversation pair another "
+                        "user voted on, for rater agreement (0 = never; default: %(default)s)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the blind side swap and the pairing (default: random)")
     p.add_argument("--bootstrap-rounds", type=int, default=200,
@@ -50,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=32,
                    help="requests served at once per event (generation batches them together; default: %(default)s)")
     p.add_argument("--pipeline-args", default="",
-                   help="extra flags for the Training tab's `python -m training.pipeline` runs, as one string "
-                        "(e.g. '--ppo-iterations 40 --max-over-refusal-rise 3'; see python -m training.pipeline --help)")
+                   help="extra flags for the Training tab's `python -m arena_app.pipeline` runs, as one string "
+                        "(e.g. '--ppo-iterations 40 --max-over-refusal-rise 3'; see python -m arena_app.pipeline --help)")
     p.add_argument("--backend", choices=("local", "openai"), default="local",
                    help="local: load the base model and the LoRA versions in this process; openai: stream every "
                         "answer from an OpenAI-compatible server (vLLM with --lora-modules, `transformers serve`; "
@@ -80,6 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     except ArenaError as exc:
         why = exc.kwargs.get("why") or "use two names such as sft,newest, or all"
         parser.error(f"--policies {args.policies!r}: {why}")
+    from rlhf_demo.pairing import Boost
+    from rlhf_demo.prompt_pool import PromptPoolError, load_pool
+
+    try:
+        boost = Boost(args.boost_votes, args.boost_share)
+    except ValueError as exc:
+        parser.error(f"--boost-votes/--boost-share: {exc}")
+    if not 0.0 <= args.overlap_share <= 1.0:
+        parser.error(f"--overlap-share must be in [0, 1], got {args.overlap_share}")
+    prompt_pool = None
+    if args.prompt_pool:
+        try:
+            prompt_pool = load_pool(args.prompt_pool)
+        except PromptPoolError as exc:
+            parser.error(f"--prompt-pool: {exc}")
     if args.backend == "openai" and not args.openai_url:
         parser.error("--backend openai needs --openai-url URL")
     model_map = {}
@@ -90,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         model_map[policy] = model
     settings = settings_from_args(args)
 
-    from rlhf_demo.auth import AuthError, UserDB
+    from arena_app.auth import AuthError, UserDB
     from rlhf_demo.base_model import BaseModelError
 
     users = None
@@ -109,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import shlex
 
-    from rlhf_demo.training_tab import TrainingTab
-    from rlhf_demo.ui import build_app
+    from arena_app.training_tab import TrainingTab
+    from arena_app.ui import build_app
 
     server = None
     if args.backend == "openai":
@@ -124,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app = build_app(settings, server=server, users=users, admins=args.admin, policies=args.policies, seed=args.seed,
                         local_admin=local_admin, bootstrap_rounds=args.bootstrap_rounds,
-                        concurrency=args.concurrency,
+                        concurrency=args.concurrency, prompt_pool=prompt_pool, boost=boost,
+                        overlap_share=args.overlap_share,
                         training_ui=TrainingTab.factory(shlex.split(args.pipeline_args)))
     except BaseModelError as exc:
         print(f"error: {exc}", file=sys.stderr)

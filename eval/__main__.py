@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from rlhf_demo.config import add_settings_args, settings_from_args
+from rlhf_demo.flags import ConfigParser
 
 from .suites import BUILTIN, CATEGORIES, DEFAULT_SUITES, SuiteError
 
@@ -32,7 +33,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ConfigParser(  # the one flag parser; the shared settings flags come last (below)
+        settings=False,
         prog="python -m eval",
         description="Evaluate policy versions against a baseline (SFT): harmful compliance on unsafe prompts, "
                     "over-refusal on safe prompts (both with Wilson intervals and an exact McNemar test), "

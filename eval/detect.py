@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlhf_demo.atomic import write_jsonl as atomic_write_jsonl
 from rlhf_demo.jsonl import jsonl_rows
 
 from rlhf_demo.refusal.detector import DEFAULT_JUDGE, JUDGE_NAMES, judge_refusals
@@ -132,17 +131,7 @@ def label_rows(rows: list[Row], judge: str, replace: bool = False, path: Path | 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Write atomically (a temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_jsonl(path, rows)
 
 
 def rate(k: int, n: int, confidence: float) -> dict:

@@ -2,7 +2,7 @@
 
 Three kinds, chosen with ``--judge``:
 
-* ``reward`` (default) — the project's reward model (``training.roles.load_reward_scorer``): each
+* ``reward`` (default) — the project's reward model (``rlhf_demo.scoring.load_reward_scorer``): each
   response is scored on its own and the higher score wins (ties within ``--judge-tie-margin``).
   Order-invariant by construction; both orders are still recorded like any other judge's.
 * ``lm`` — a local causal LM prompted as a pairwise judge: "Which response is better, A or B?";
@@ -176,12 +176,10 @@ def load_reward_judge(settings, name: str | None = None, tie_margin: float = 0.0
                       allow_judge: bool = False) -> RewardJudge:
     """The newest (or named) reward model as a judge; JudgeError with a clear message if there is none.
     ``allow_judge``: ``name`` may be a dedicated judge (a reward version with card role 'judge')."""
+    from rlhf_demo import scoring  # the core's scorer: the evaluation never builds one from training
+
     try:
-        from training.roles import load_reward_scorer
-    except ImportError as exc:
-        raise JudgeError(f"no reward model code available (training.roles: {exc})") from exc
-    try:
-        scorer = load_reward_scorer(settings, name=name, **({"allow_judge": True} if allow_judge else {}))
+        scorer = scoring.load_reward_scorer(settings, name=name, **({"allow_judge": True} if allow_judge else {}))
     except Exception as exc:  # noqa: BLE001 - no versions, broken version, …: say why, let the caller fall back
         hint = "" if "training.reward_model" in str(exc) else "; train one with `python -m training.reward_model`"
         raise JudgeError(f"no usable reward model ({type(exc).__name__}: {exc}){hint}") from exc
@@ -244,7 +242,7 @@ class LMJudge(Judge):
     def p_a(self, prompts, responses_a, responses_b) -> list[float]:
         import torch
 
-        from rlhf_demo.generation import left_pad
+        from rlhf_demo.padding import left_pad
 
         out: list[float] = []
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

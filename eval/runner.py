@@ -8,7 +8,6 @@ KL to SFT → metrics (the ``evaluate`` modules) → report.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import sys
 import time
 from collections import defaultdict
@@ -16,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_demo.config import Settings
+from rlhf_demo.jsonl import iter_jsonl
 
 from rlhf_demo.refusal.detector import BASELINE_NAME, DETECTOR_NAME, judge_refusals, xstest_string_match
-from .judges import Judge, JudgeError, judge_both_orders, load_lm_judge, load_reward_judge, openai_judge_from_args
+from .kl_to_sft import KL_SEED, kl_logprobs, sample_for_kl  # noqa: F401 - kl_logprobs: re-exported
+from .judges import JudgeError, judge_both_orders, load_reward_judge
+from .judging import build_judge, log, measure_agreement, plan_reward_judge, read_human_votes
 from .stats import mean_with_ci
 from .suites import CATEGORIES, EvalPrompt, load_suites, subsample
 
@@ -67,11 +69,14 @@ class EvalConfig:
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def log(msg: str) -> None:
-    print(f"[eval] {msg}", file=sys.stderr, flush=True)
+# A caller that shows progress elsewhere (arena_app.pipeline: its log, which the Training tab shows) sets this to a
+# factory ``(total, desc) -> bar`` (e.g. rlhf_demo.progress.ProgressMeter); None: tqdm on stderr.
+BAR_FACTORY = None
 
 
 def _bar(total: int, desc: str, enabled: bool):
+    if BAR_FACTORY is not None:
+        return BAR_FACTORY(total, desc)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="resp", disable=not enabled or total == 0, file=sys.stderr,
@@ -138,15 +143,11 @@ def read_previous_generations(path: Path) -> dict[tuple[str, str, str], dict]:
     if path.is_dir():
         path = path / "generations.jsonl"
     out = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                out[(row["prompt_id"], row["policy"], row["prompt"])] = row
-            except (json.JSONDecodeError, KeyError) as exc:
-                raise ValueError(f"{path}:{lineno}: not a generations.jsonl row ({exc})") from None
+    for where, row in iter_jsonl(path, ValueError):  # the one JSONL reader: file:line errors
+        try:
+            out[(row["prompt_id"], row["policy"], row["prompt"])] = row
+        except KeyError as exc:
+            raise ValueError(f"{where}: not a generations.jsonl row ({exc})") from None
     return out
 
 
@@ -184,214 +185,8 @@ def generate(server, jobs: list[Generation], config: EvalConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# KL to SFT
-# ---------------------------------------------------------------------------------------------
-KL_SEED = 7_340_033  # seeds of the answers sampled for the KL (offset by --seed)
-
-
-def sample_for_kl(server, prompt_ids: list[list[int]], max_new_tokens: list[int], policy: str, seed: int,
-                  batch_size: int = 16) -> list[list[int]]:
-    """Answers SAMPLED from ``policy`` (temperature 1, no nucleus, no repetition penalty: the policy's own
-    distribution), seeded per row, each ending with the end-of-turn token when the policy chose to stop
-    (stopping is an action too). On such answers the summed per-position KL is an unbiased estimate of
-    the sequence-level KL(policy ‖ SFT); on greedy answers it is not."""
-    from rlhf_demo.generation import BASE_ADAPTER, GenerationParams, decode_batch, end_of_turn_id
-    from rlhf_demo.registry import SFT
-
-    eot = end_of_turn_id(server.tokenizer)
-    out: list[list[int]] = []
-    for start in range(0, len(prompt_ids), batch_size):
-        rows = prompt_ids[start:start + batch_size]
-        params = [GenerationParams(max_new_tokens=max_new_tokens[start + i], temperature=1.0, top_p=1.0,
-                                   repetition_penalty=1.0, greedy=False, seed=seed + start + i)
-                  for i in range(len(rows))]
-        names = [BASE_ADAPTER if policy == SFT else policy] * len(rows) if server.model is not server.base else None
-        for r in decode_batch(server.model, server.tokenizer, rows, params, names):
-            out.append(list(r.token_ids) + ([eot] if r.finish_reason == "eos" and eot is not None else []))
-    return out
-
-
-def _final_hidden(model, ids, mask, adapter: str):
-    """The decoder's final (normed) hidden states ``[B, T, H]`` under ``adapter``; the LM head runs on the
-    last position only (``logits_to_keep=1``), so no ``[B, T, V]`` logits."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    captured = {}
-
-    def grab(module, args, output):
-        captured["h"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
-
-    handle = lm.get_decoder().register_forward_hook(grab)
-    try:
-        model(input_ids=ids, attention_mask=mask, adapter_names=[adapter] * len(ids), logits_to_keep=1)
-    finally:
-        handle.remove()
-    return captured["h"]
-
-
-def kl_logprobs(model, prompt_ids: list[list[int]], response_ids: list[list[int]], adapter: str,
-                batch_size: int = 4, progress=None) -> list[tuple[list[float], list[float], list[float]]]:
-    """Per response token: log p_policy, log p_sft, and the exact KL(policy ‖ sft) of the two full
-    next-token distributions at that position (:func:`rlhf_demo.kl.kl_and_logprobs_from_hidden`: the LM
-    head runs on a block of answer positions at a time). Pass answers sampled from the policy
-    (:func:`sample_for_kl`)."""
-    import torch
-
-    from rlhf_demo.generation import BASE_ADAPTER
-    from rlhf_demo.kl import kl_and_logprobs_from_hidden
-
-    out = []
-    device = next(model.parameters()).device
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = lm.get_output_embeddings()
-    with torch.inference_mode():
-        for start in range(0, len(prompt_ids), batch_size):
-            ps, rs = prompt_ids[start:start + batch_size], response_ids[start:start + batch_size]
-            rows = [list(p) + list(r) for p, r in zip(ps, rs)]
-            width = max(len(r) for r in rows)
-            ids = torch.zeros((len(rows), width), dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            sel = torch.zeros((len(rows), width), dtype=torch.bool)  # positions that predict an answer token
-            for i, (p, r) in enumerate(zip(ps, rs)):
-                ids[i, :len(p) + len(r)] = torch.tensor(rows[i])
-                mask[i, :len(p) + len(r)] = 1
-                sel[i, len(p) - 1:len(p) + len(r) - 1] = True
-            ids, mask, sel = ids.to(device), mask.to(device), sel.to(device)
-            hp = _final_hidden(model, ids, mask, adapter)[sel]
-            hq = _final_hidden(model, ids, mask, BASE_ADAPTER)[sel]
-            labels = torch.roll(ids, -1, dims=1)[sel]
-            kl, lp, lq = (t.cpu().tolist() for t in kl_and_logprobs_from_hidden(head, hp, hq, labels))
-            pos = 0
-            for r in rs:
-                k = len(r)
-                out.append((lp[pos:pos + k], lq[pos:pos + k], kl[pos:pos + k]))
-                pos += k
-            if progress:
-                progress(len(rows))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------
-def plan_reward_judge(config: EvalConfig, settings: Settings, registry, policies: list[str],
-                      fallback: str | None = None) -> dict | None:
-    """Which reward version judges (``--judge reward``), why, and the provenance check — before anything runs.
-
-    The default is the newest dedicated judge (a reward version with card role 'judge', judge-vN); without
-    one, the evaluation's reward model stands in. A judge that an evaluated policy (or one of its parents)
-    was trained against is refused (JudgeError), or with ``allow_own_reward_judge`` used and marked."""
-    from rlhf_demo.registry import RegistryError
-
-    from .judge_checks import choose_reward_judge, default_reward_name, judge_conflicts
-
-    if config.judge != "reward":
-        return None
-    if fallback is None and config.reward_model != "none":
-        fallback = config.reward_model or default_reward_name(registry, settings.base_model)
-    name, why = choose_reward_judge(registry, settings.base_model, config.judge_reward, fallback)
-    if name is None:
-        return None
-    try:
-        card = registry.get(name, kind="reward").card
-    except RegistryError:
-        if name != fallback:  # a named judge must exist
-            raise
-        card = {}  # a scorer that is not a registry version (tests): checked by name
-    sha = card.get("files", {}).get("adapter_model.safetensors")
-    conflicts = judge_conflicts(name, sha, policies, registry)
-    plan = {"version": name, "why": why, "role": card.get("role", "reward"), "sha256": sha,
-            "trained_against_by": conflicts}
-    if conflicts:
-        who = ", ".join(f"{c['policy']}" + (f" (through {c['through']})" if c["through"] != c["policy"] else "")
-                        for c in conflicts)
-        msg = (f"the helpfulness judge {name} is the reward model that {who} was trained against (version cards): "
-               "a policy graded by its own reward model is graded on how well it games it")
-        if not config.allow_own_reward_judge:
-            raise JudgeError(msg + ". Publish a dedicated judge (python -m training.reward_model --role judge --name "
-                                   "judge-v0 on judge-role data) or name one with --judge-reward, use --judge lm / "
-                                   "--judge openai, or pass --allow-own-reward-judge to run anyway (marked in the "
-                                   "report)")
-        log("WARNING " + "!" * 60)
-        log(f"WARNING: {msg}; --allow-own-reward-judge: its win rates are marked as not independent in the report")
-        log("WARNING " + "!" * 60)
-        plan["own_reward_judge_warning"] = msg + " (--allow-own-reward-judge): not an independent judgement"
-    return plan
-
-
-def build_judge(config: EvalConfig, settings: Settings, server, reward_judge, progress,
-                plan: dict | None = None) -> tuple[Judge | None, dict]:
-    """The pairwise judge and its description (with the reason for any fallback)."""
-    kind = config.judge
-    if kind == "none":
-        return None, {"name": "none"}
-    if kind == "reward":
-        if plan is not None:
-            if reward_judge is not None and reward_judge.model_name == plan["version"]:
-                judge = reward_judge
-            else:
-                judge = load_reward_judge(settings, plan["version"], config.judge_margin, progress, allow_judge=True)
-            info = dict(judge.describe(), selection=plan["why"], judge_role=plan["role"],
-                        judge_sha256=plan["sha256"], trained_against_by=plan["trained_against_by"])
-            if plan.get("own_reward_judge_warning"):
-                info["own_reward_judge"] = True
-                info["warning"] = plan["own_reward_judge_warning"]
-            else:
-                info["provenance_check"] = (f"passed: no evaluated policy nor any of its parents was trained against "
-                                            f"{plan['version']} (version cards: reward_model, reward_model_sha256)")
-            return judge, info
-        log("no reward model to judge with; falling back to the local LM judge (--judge lm --judge-model sft)")
-        judge = load_lm_judge("sft", settings, server.model, server.tokenizer, config.judge_margin, progress)
-        return judge, dict(judge.describe(), fallback_from="reward", fallback_reason="no reward model available")
-    if kind == "lm":
-        judge = load_lm_judge(config.judge_model, settings, server.model, server.tokenizer, config.judge_margin, progress)
-        return judge, judge.describe()
-    if kind == "openai":
-        judge = openai_judge_from_args(config.judge_url, config.judge_model if config.judge_model != "sft" else None,
-                                       config.judge_api_key_env, settings.online, config.judge_margin, progress)
-        return judge, judge.describe()
-    raise JudgeError(f"unknown judge {kind!r}: use reward, lm, openai or none")
-
-
-def measure_agreement(judge, config: EvalConfig, info: dict) -> dict:
-    """The judge's accuracy on labelled pairs it was not trained on (``--judge-agreement``), or why not."""
-    from .judge_checks import DEFAULT_AGREEMENT, judge_agreement
-
-    if config.judge_agreement == "none":
-        return {"skipped": "--judge-agreement none"}
-    path = Path(config.judge_agreement) if config.judge_agreement else DEFAULT_AGREEMENT
-    if not path.is_file():
-        if config.judge_agreement:
-            raise ValueError(f"--judge-agreement {path}: no such file")
-        return {"skipped": f"no held-out labelled pairs at {path} (pass --judge-agreement FILE)"}
-    card = getattr(getattr(judge, "scorer", None), "card", None)
-    out = judge_agreement(judge, path, config.confidence, card if isinstance(card, dict) else None)
-    acc = out["accuracy"]
-    log(f"judge agreement with {path.name}: {acc['k']}/{acc['n']} = {100 * acc['rate']:.1f}% "
-        f"[{100 * acc['ci'][0]:.1f}, {100 * acc['ci'][1]:.1f}]" if acc["n"] else f"judge agreement: {path} is empty")
-    return out
-
-
-def read_human_votes(settings: Settings, versions: dict, baseline: str, config: EvalConfig) -> dict:
-    """The arena's blind votes per version vs the baseline, from the feedback store (``{}`` when there are none)."""
-    from .judge_checks import human_votes
-
-    url = settings.database_url
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        return {}
-    try:
-        from rlhf_demo.store import Store
-
-        store = Store(url, create=False)
-        try:
-            votes = store.votes(blind_only=True)
-        finally:
-            store.close()
-    except Exception as exc:  # noqa: BLE001 - no feedback database / no votes table: say so, keep the report
-        log(f"human votes skipped: {exc}")
-        return {"skipped": str(exc)}
-    return human_votes(votes, {n: v.content_hash for n, v in versions.items()}, baseline, config.confidence)
-
-
 def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
     """Run the evaluation; returns the directory with report.json, report.md, plots and generations.
 

@@ -213,6 +213,8 @@ class Turn:
     latency: dict = field(default_factory=dict)  # {"left": {"first_token_s", "total_s"}, "right": …}
     finish: dict = field(default_factory=dict)
     complete: bool = False
+    source: str = "typed"  # typed | example | suggested (from the prompt pool; rlhf_demo.prompt_pool)
+    prompt_meta: dict | None = None  # a pool prompt's {"category", "lang", "ref"}
 
 
 @dataclass
@@ -230,6 +232,28 @@ class Round:
     streaming: bool = False
     winner: str | None = None
     better_turns: set = field(default_factory=set)  # turn numbers (1-based) with a saved better answer
+    pairing: dict = field(default_factory=dict)  # why this pair: {"reason": spec|sample|boost|named|replay, …}
+    replay_of: int | None = None  # the stored vote this round replays (the overlap set): vote only, no chat
+
+    @classmethod
+    def replay(cls, vote: dict, rng: random.Random, hashes: dict | None = None) -> "Round":
+        """A blind round showing another user's voted conversation again, sides re-drawn by a fair coin; the
+        policies' answers are the stored ones, so the new vote lands on the same overlap item."""
+        from .pairing import replay_turns
+
+        turns = replay_turns(vote)
+        if turns is None:
+            raise ValueError(f"vote {vote.get('id')} cannot be replayed (its messages are not well-formed)")
+        first, second = vote["left_policy"], vote["right_policy"]
+        swapped = rng.random() < 0.5
+        rnd = cls(blind=True, replay_of=int(vote["id"]),
+                  pairing={"reason": "replay", "replay_of": int(vote["id"])})
+        rnd.pair(second if swapped else first, first if swapped else second, swapped, hashes or
+                 {vote["left_policy"]: vote.get("left_hash", ""), vote["right_policy"]: vote.get("right_hash", "")})
+        for user_msg, a, b in turns:
+            left, right = (b, a) if swapped else (a, b)
+            rnd.turns.append(Turn(user=user_msg, left=left, right=right, complete=True))
+        return rnd
 
     # -- queries ----------------------------------------------------------------------------
     @property
@@ -272,6 +296,10 @@ class Round:
     def names(self) -> dict:
         return {"left": self.left, "right": self.right}
 
+    def prompt_sources(self) -> list[dict]:
+        """Per turn: where its prompt came from (stored with the vote: suggested prompts can be told apart)."""
+        return [{"turn": i, "source": t.source, **(t.prompt_meta or {})} for i, t in enumerate(self.turns, 1)]
+
     # -- transitions ------------------------------------------------------------------------
     def pair(self, left: str, right: str, swapped: bool, hashes: dict | None = None) -> None:
         if self.paired:
@@ -284,6 +312,8 @@ class Round:
         """Start a new turn with a validated user message."""
         if self.voted:
             raise ArenaError("round_over")
+        if self.replay_of is not None:
+            raise ArenaError("replay_vote_only")
         if self.streaming:
             raise ArenaError("busy")
         if self.turns and not self.turns[-1].complete:
@@ -299,6 +329,8 @@ class Round:
         """Reset the newest turn's answers for a new attempt."""
         if self.voted:
             raise ArenaError("round_over")
+        if self.replay_of is not None:
+            raise ArenaError("replay_vote_only")
         if self.streaming or not self.turns or not self.turns[-1].complete:
             raise ArenaError("nothing_to_regenerate")
         t = self.turns[-1]

@@ -13,16 +13,13 @@ Only safetensors weights are loaded and remote code never runs.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from .atomic import atomic_dir, sha256_file
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -69,8 +66,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     print(f"[rlhf-arena] converting the embedded model once: {gguf.name} -> {out_dir} (about 20 s)",
           file=sys.stderr, flush=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, replace=True, prefix=f".{out_dir.name}.tmp-") as tmp:  # a broken earlier cache is replaced
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # transformers 5 refuses save_pretrained on a GGUF-loaded model: rebuild from the config.
@@ -86,20 +82,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         fresh.tie_weights()
         fresh.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        digest = hashlib.sha256()
-        with open(gguf, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        (tmp / "source.json").write_text(json.dumps({"gguf": gguf.name, "sha256": digest.hexdigest()}, indent=2))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if out_dir.exists():  # a broken earlier cache: replace it
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "source.json").write_text(json.dumps({"gguf": gguf.name, "sha256": sha256_file(gguf)}, indent=2))
     print(f"[rlhf-arena] converted; later loads use {out_dir}", file=sys.stderr, flush=True)
     return out_dir
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .config import add_settings_args
+from .flags import ConfigParser
 from .generation import GenerationParams
 
 
-def make_parser(prog: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    """A parser with the shared settings flags (--data-dir, --base-model, --max-new-tokens, …)."""
-    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_settings_args(p)
-    return p
+def make_parser(prog: str, description: str, epilog: str | None = None) -> ConfigParser:
+    """The one flag parser (:class:`rlhf_demo.flags.ConfigParser`) with the shared settings flags (--data-dir,
+    --base-model, --max-new-tokens, …)."""
+    return ConfigParser(prog=prog, description=description, epilog=epilog)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -16,22 +16,33 @@ written better answer is ``chosen`` against BOTH model answers of its turn (two 
 that side's own history as prompt). Pairs with identical or empty answers are skipped; duplicates
 are written once. Training calls :func:`export_pairs` directly.
 
+Voided votes (:meth:`Store.void_vote`) are left out; the database keeps them.
+
 Prompts (``--prompts``): the first user message of every arena conversation, de-duplicated, in the
 same JSONL shape as ``rlhf_demo/data/ppo_prompts.jsonl``: ``{"id", "category": "arena", "prompt"}``.
+
+Data card: every export with ``--out`` also writes ``<out>.card.json`` (``--card`` to put it elsewhere):
+counts (votes stored, voided, used; by winner — ties and "both bad" apart; pairs written and skipped, with
+why), the policy versions with their adapter hashes, the date range of the votes used, the voids by reason,
+the licence (``--licence``, "unspecified" unless given), the filters and the PII redaction applied.
+
+``--redact-pii`` replaces e-mail addresses, phone numbers, street addresses and names in every exported
+message with placeholders (:mod:`rlhf_demo.pii`, which says what it finds and what it cannot).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
-import os
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import __version__
 from .arena import clean_text
+from .atomic import write_json, write_jsonl
 from .config import add_settings_args, settings_from_args
 from .store import Store, StoreError
 
@@ -47,6 +58,17 @@ class ExportResult:
     last_vote_id: int = 0
     last_better_id: int = 0
     out: Path | None = None
+    # what the data card needs about the votes used (voided ones excluded)
+    votes_used: int = 0
+    by_winner: Counter = field(default_factory=Counter)
+    blind_votes: int = 0
+    suggested_votes: int = 0  # votes whose prompts came (at least in part) from the prompt pool
+    versions: dict = field(default_factory=dict)  # name -> {"hashes": set, "votes": n}
+    first_vote: _dt.datetime | None = None
+    last_vote: _dt.datetime | None = None
+    better_used: int = 0
+    redacted: Counter | None = None  # PII findings by kind when redaction was asked for
+    filters: dict = field(default_factory=dict)
 
     @property
     def written(self) -> int:
@@ -91,7 +113,21 @@ def vote_pair(vote: dict) -> tuple[dict | None, str | None]:
         return None, "empty_answer"
     if chosen["content"].strip() == rejected["content"].strip():
         return None, "identical_answers"
-    return pair(prompt, chosen["content"], rejected["content"]), None
+    return {**pair(prompt, chosen["content"], rejected["content"]), "meta": vote_meta(vote)}, None
+
+
+def vote_meta(vote: dict) -> dict:
+    """Where a pair came from, as flat scalars (one Arrow schema for every row): ``from`` (vote | better_answer),
+    the vote's id, ``suggested`` (any turn's prompt came from the prompt pool: the "Suggest" button or a clickable
+    example), each turn's prompt source and category (comma-joined, ``typed`` / ``-`` when not from the pool), and
+    why the round got its pair (``pairing``: spec, boost, replay, named, sample; ``replay_of`` a vote id)."""
+    prompts = vote.get("prompts") or []
+    pairing = vote.get("pairing") or {}
+    return {"from": "vote", "vote_id": vote.get("id"),
+            "suggested": any(p.get("source") in ("suggested", "example") for p in prompts),
+            "prompt_sources": ",".join(str(p.get("source") or "typed") for p in prompts),
+            "prompt_categories": ",".join(str(p.get("category") or "-") for p in prompts),
+            "pairing": str(pairing.get("reason") or ""), "replay_of": pairing.get("replay_of")}
 
 
 def better_pairs(better: dict) -> tuple[list[dict], Counter]:
@@ -105,7 +141,9 @@ def better_pairs(better: dict) -> tuple[list[dict], Counter]:
         elif not text or answer["content"].strip() == text:
             skipped["identical_answers"] += 1
         else:
-            out.append(pair(prompt, text, answer["content"]))
+            out.append({**pair(prompt, text, answer["content"]),
+                        "meta": {"from": "better_answer", "vote_id": None, "suggested": False, "prompt_sources": "",
+                                 "prompt_categories": "", "pairing": "", "replay_of": None}})
     return out, skipped
 
 
@@ -125,43 +163,66 @@ def messages_to_hh(messages: list[dict]) -> str:
 
 
 def to_hh(row: dict) -> dict:
-    return {"chosen": messages_to_hh(row["prompt"] + row["chosen"]),
-            "rejected": messages_to_hh(row["prompt"] + row["rejected"])}
+    out = {"chosen": messages_to_hh(row["prompt"] + row["chosen"]),
+           "rejected": messages_to_hh(row["prompt"] + row["rejected"])}
+    if "meta" in row:
+        out["meta"] = row["meta"]
+    return out
 
 
 def _key(row: dict) -> str:
-    return json.dumps(row, sort_keys=True, ensure_ascii=False)
+    """The pair's text (its ``meta`` aside): the same pair from two votes is exported once."""
+    return json.dumps({k: v for k, v in row.items() if k != "meta"}, sort_keys=True, ensure_ascii=False)
 
 
-def write_jsonl(rows: list[dict], out: Path) -> None:
-    """Write atomically (temp file in the same directory, fsync, rename): never a half-written file."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def redact_pair(row: dict, counts: Counter) -> dict:
+    """``row`` with PII in every message replaced by placeholders (:func:`rlhf_demo.pii.redact`)."""
+    from .pii import redact
+
+    def msgs(messages):
+        out = []
+        for m in messages:
+            r = redact(m["content"])
+            counts.update(r.counts)
+            out.append({**m, "content": r.text})
+        return out
+    return {k: msgs(v) if isinstance(v, list) else v for k, v in row.items()}
+
+
+def _note_vote(result: ExportResult, v: dict) -> None:
+    result.votes_used += 1
+    result.suggested_votes += vote_meta(v)["suggested"]
+    result.by_winner[v["winner"]] += 1
+    result.blind_votes += bool(v.get("blind", True))
+    for side in ("left", "right"):
+        entry = result.versions.setdefault(v[f"{side}_policy"], {"hashes": set(), "votes": 0})
+        entry["votes"] += 1
+        if v.get(f"{side}_hash"):
+            entry["hashes"].add(v[f"{side}_hash"])
+    t = v.get("created_at")
+    if t is not None:
+        result.first_vote = t if result.first_vote is None else min(result.first_vote, t)
+        result.last_vote = t if result.last_vote is None else max(result.last_vote, t)
 
 
 def export_pairs(store: Store, fmt: str = "trl", out: Path | str | None = None, blind_only: bool = False,
-                 since_vote_id: int = 0, since_better_id: int = 0, better: bool = True) -> ExportResult:
+                 since_vote_id: int = 0, since_better_id: int = 0, better: bool = True,
+                 redact_pii: bool = False) -> ExportResult:
     """Preference pairs from the store (returned as TRL rows; written in ``fmt`` when ``out`` is given).
 
-    ``since_*_id`` export only feedback newer than a previous export (its ``last_*_id``).
+    ``since_*_id`` export only feedback newer than a previous export (its ``last_*_id``). Voided votes are
+    left out. ``redact_pii`` replaces PII in every message with placeholders (``result.redacted`` counts them).
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
-    result = ExportResult()
+    result = ExportResult(redacted=Counter() if redact_pii else None,
+                          filters={"blind_only": blind_only, "since_vote_id": since_vote_id,
+                                   "since_better_id": since_better_id, "better_answers": better})
     seen: set[str] = set()
 
     def add(row: dict) -> bool:
+        if redact_pii:
+            row = redact_pair(row, result.redacted)
         k = _key(row)
         if k in seen:
             result.skipped["duplicate"] += 1
@@ -172,6 +233,7 @@ def export_pairs(store: Store, fmt: str = "trl", out: Path | str | None = None, 
 
     for v in store.votes(blind_only=blind_only, since_id=since_vote_id):
         result.last_vote_id = max(result.last_vote_id, v["id"])
+        _note_vote(result, v)
         row, why = vote_pair(v)
         if row is None:
             result.skipped[why] += 1
@@ -180,28 +242,73 @@ def export_pairs(store: Store, fmt: str = "trl", out: Path | str | None = None, 
     if better:
         for b in store.better_answers(since_id=since_better_id):
             result.last_better_id = max(result.last_better_id, b["id"])
+            result.better_used += 1
             rows, skipped = better_pairs(b)
             result.skipped.update(skipped)
             result.from_better += sum(add(r) for r in rows)
     if out is not None:
         result.out = Path(out)
-        write_jsonl(result.pairs if fmt == "trl" else [to_hh(r) for r in result.pairs], result.out)
+        write_jsonl(result.out, result.pairs if fmt == "trl" else [to_hh(r) for r in result.pairs])
     return result
 
 
-def export_prompts(store: Store, out: Path | str | None = None) -> list[dict]:
+def data_card(store: Store, result: ExportResult, licence: str | None = None, fmt: str = "trl") -> dict:
+    """What an export contains and where it came from (written next to it as ``<out>.card.json``)."""
+    voids = store.voids()
+    stats = store.stats()
+    iso = (lambda t: t.isoformat(timespec="seconds") + "Z" if t is not None else None)
+    return {
+        "card_version": 1,
+        "generated_at": iso(_dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)),
+        "app_version": __version__, "schema_version": store.schema_version(),
+        "database": store.where, "file": result.out.name if result.out else None, "format": fmt,
+        "licence": (licence or "").strip() or "unspecified",
+        "counts": {
+            "votes_stored": stats["votes"], "votes_voided": len(voids), "votes_used": result.votes_used,
+            "blind_votes_used": result.blind_votes, "votes_on_suggested_prompts": result.suggested_votes,
+            "named_votes_used": result.votes_used - result.blind_votes,
+            "by_winner": {w: result.by_winner.get(w, 0) for w in ("left", "right", "tie", "both_bad")},
+            "better_answers_used": result.better_used, "pairs": result.written, "pairs_from_votes": result.from_votes,
+            "pairs_from_better_answers": result.from_better, "skipped": dict(sorted(result.skipped.items())),
+        },
+        "versions": [{"name": name, "hashes": sorted(v["hashes"]), "votes": v["votes"]}
+                     for name, v in sorted(result.versions.items())],
+        "date_range": {"first_vote": iso(result.first_vote), "last_vote": iso(result.last_vote)},
+        "voids": {"count": len(voids), "by_reason": dict(Counter(v["reason"] for v in voids).most_common()),
+                  "last_void": iso(max((v["created_at"] for v in voids), default=None))},
+        "filters": result.filters,
+        "pii_redaction": ({"applied": True, "counts": dict(sorted(result.redacted.items())),
+                           "method": _pii_method()} if result.redacted is not None else {"applied": False}),
+    }
+
+
+def _pii_method() -> str:
+    from .pii import METHOD
+    return METHOD
+
+
+def card_path(out: Path) -> Path:
+    """``pairs.jsonl`` → ``pairs.card.json``."""
+    out = Path(out)
+    return out.with_name(out.name.split(".")[0] + ".card.json")
+
+
+def export_prompts(store: Store, out: Path | str | None = None, redact_pii: bool = False) -> list[dict]:
     """First user message of every conversation (de-duplicated), as PPO prompt rows."""
     rows, seen = [], set()
     for t in store.turns():
         if t["turn"] != 1 or t["attempt"] != 0:
             continue
         text = clean_text(t["user_message"]).strip()
+        if redact_pii:
+            from .pii import redact
+            text = redact(text).text
         if not text or text in seen:
             continue
         seen.add(text)
         rows.append({"id": f"arena-{t['conversation_id'][:12]}", "category": "arena", "prompt": text})
     if out is not None:
-        write_jsonl(rows, Path(out))
+        write_jsonl(Path(out), rows)
     return rows
 
 
@@ -220,6 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since-vote-id", type=int, default=0, help="only votes with a larger id (incremental export)")
     p.add_argument("--since-better-id", type=int, default=0,
                    help="only better answers with a larger id (incremental export)")
+    p.add_argument("--redact-pii", action="store_true",
+                   help="replace e-mails, phone numbers, street addresses and names in every exported message with "
+                        "[EMAIL]/[PHONE]/[ADDRESS]/[NAME] (rlhf_demo/pii.py says what it cannot find)")
+    p.add_argument("--licence", default=None,
+                   help="the licence the exported data is released under, recorded in the data card "
+                        "(default: 'unspecified')")
+    p.add_argument("--card", type=Path, default=None,
+                   help="where to write the data card (JSON; default: next to --out as <name>.card.json)")
     add_settings_args(p)
     return p
 
@@ -235,12 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = export_pairs(store, args.format, args.out, blind_only=args.blind_only,
                               since_vote_id=args.since_vote_id, since_better_id=args.since_better_id,
-                              better=not args.no_better)
+                              better=not args.no_better, redact_pii=args.redact_pii)
         print(result.summary())
+        card = args.card or card_path(args.out)
+        write_json(card, data_card(store, result, args.licence, args.format))
+        print(f"wrote the data card to {card}")
         print(f"last vote id {result.last_vote_id}, last better-answer id {result.last_better_id} "
               "(pass them as --since-vote-id/--since-better-id next time to export only new feedback)")
         if args.prompts:
-            prompts = export_prompts(store, args.prompts)
+            prompts = export_prompts(store, args.prompts, redact_pii=args.redact_pii)
             print(f"wrote {len(prompts)} prompts to {args.prompts}")
     except (StoreError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -147,3 +147,70 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, sample_weight: np.ndar
         w -= lr * (x.T @ g / n + l2 * w)
         b -= lr * g.mean()
     return w, b
+
+
+# ---------------------------------------------------------------------------------------------
+# several layers at once (the refusal judge's probe-v2)
+# ---------------------------------------------------------------------------------------------
+_DEEP: dict[int, tuple] = {}
+
+
+def _deep_backbone(blocks: int):
+    """(model cut to its first ``blocks`` blocks, tokenizer), loaded once per process and depth.
+
+    Unlike :func:`_backbone`, hidden states are read *between* blocks (``hidden_states[l]`` for
+    ``l < blocks``), so they never carry the final norm that transformers applies after the last block."""
+    with _LOCK:
+        if blocks not in _DEEP:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            from rlhf_demo.base_model import resolve_base_model
+            from rlhf_demo.config import DEFAULT_BASE_MODEL, Settings
+
+            source = resolve_base_model(Settings(base_model=DEFAULT_BASE_MODEL))
+            tok = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, use_safetensors=True)
+            body = model.model
+            if not 0 < blocks <= len(body.layers):
+                raise ValueError(f"blocks={blocks}: the base model has {len(body.layers)} blocks")
+            body.layers = body.layers[:blocks]
+            body.config.num_hidden_layers = blocks
+            body.eval()
+            _DEEP[blocks] = (body, tok)
+    return _DEEP[blocks]
+
+
+def layer_states(prompts: list[str | None], responses: list[str], layers: tuple[int, ...],
+                 batch: int = BATCH) -> np.ndarray:
+    """Mean hidden state after each block in ``layers`` (1-based, < the model's depth; no final norm) over
+    each answer's tokens and over its request's tokens (spans as in :func:`encode`): ``[n, len(layers), 2, H]``
+    (index 0 of the third axis: answer, 1: request). Runs only the first ``max(layers) + 1`` blocks."""
+    import torch
+
+    layers = tuple(int(x) for x in layers)
+    if not layers or min(layers) < 1:
+        raise ValueError(f"layers={layers}: need block numbers >= 1")
+    body, tok = _deep_backbone(max(layers) + 1)
+    enc = [encode(tok, p, r) for p, r in zip(prompts, responses)]
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))
+    out = np.zeros((len(enc), len(layers), 2, body.config.hidden_size), dtype=np.float32)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    with torch.inference_mode():
+        for s in range(0, len(order), batch):
+            idx = order[s:s + batch]
+            width = max(len(enc[i][0]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            attn = torch.zeros((len(idx), width), dtype=torch.long)
+            pools = torch.zeros((2, len(idx), width), dtype=torch.float32)
+            for row, i in enumerate(idx):
+                seq, (p0, p1), (r0, r1) = enc[i]
+                ids[row, :len(seq)] = torch.tensor(seq)
+                attn[row, :len(seq)] = 1
+                pools[0, row, r0:r1] = 1.0
+                pools[1, row, p0:max(p1, p0 + 1)] = 1.0
+            hs = body(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
+            weights = pools / pools.sum(2, keepdim=True)
+            stacked = torch.stack([hs[layer].float() for layer in layers], 0)  # [L, b, t, H]
+            out[idx] = torch.einsum("kbt,lbth->blkh", weights, stacked).numpy()
+    return out

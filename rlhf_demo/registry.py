@@ -14,15 +14,16 @@ never loaded.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .atomic import atomic_dir, read_manifest, sha256_file, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -72,48 +73,18 @@ def check_name(name: str) -> str:
     return name
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def validate_version_dir(path: Path) -> dict:
     """Return the card of a complete, uncorrupted version directory, or raise RegistryError."""
     card_path = path / "card.json"
-    if not card_path.is_file():
-        raise RegistryError(f"{path}: no card.json (partial or foreign directory)")
-    try:
-        card = json.loads(card_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"{card_path}: unreadable card ({exc})") from exc
+    card = read_manifest(card_path, RegistryError, f"{path}: no card.json (partial or foreign directory)")
     kind = card.get("kind")
     if kind not in KINDS:
         raise RegistryError(f"{card_path}: kind must be one of {KINDS}, got {kind!r}")
     for name in REQUIRED_FILES[kind]:
         if not (path / name).is_file():
             raise RegistryError(f"{path}: missing {name}")
-    for name, expected in card.get("files", {}).items():
-        f = path / name
-        if not f.is_file():
-            raise RegistryError(f"{path}: missing {name} listed in card.json")
-        if sha256_file(f) != expected:
-            raise RegistryError(f"{f}: content does not match its SHA-256 in card.json (corrupt)")
+    verify_files(path, card.get("files", {}), RegistryError, "{folder}: missing {name} listed in card.json",
+                 "{file}: content does not match its SHA-256 in card.json (corrupt)")
     try:
         json.loads((path / "adapter_config.json").read_text())
         from safetensors import safe_open
@@ -191,9 +162,27 @@ class Registry:
         known = ", ".join(self.names(kind)) or "none"
         raise RegistryError(f"unknown {kind or 'version'} {name!r}; known: {known}")
 
+    def current(self, kind: str = "policy", base_model: str | None = None, role: str | None = None,
+                prefer: str | None = None, among=None) -> Version | None:
+        """THE rule for "which version of a kind is current" (the arena's newest policy, the pipeline's
+        policy and reward model to continue from, the default reward model). Candidates: versions of
+        ``kind`` (never the SFT base: None when there is no other), trained on ``base_model`` when given
+        (a card that names no base fits any), of card ``role`` when given (``"reward"``: any reward model
+        that is not a judge; ``"judge"``: judges only), and named in ``among`` when given (e.g. the
+        policies a server can load). ``prefer`` wins when it is a candidate (the shipped ``reward-v0``);
+        otherwise the highest version number, then the newest ``created``."""
+        fits = [v for v in self.list(kind) if not v.is_base
+                and (base_model is None or v.card.get("base_model") in (None, base_model))
+                and (role is None or (v.card.get("role", "reward") == role))
+                and (among is None or v.name in among)]
+        for v in fits:
+            if prefer and v.name == prefer:
+                return v
+        return max(fits, key=lambda v: (v.number, v.card.get("created", ""))) if fits else None
+
     def newest(self, kind: str = "policy") -> Version | None:
-        versions = [v for v in self.list(kind) if not v.is_base]
-        return max(versions, key=lambda v: (v.number, v.card.get("created", ""))) if versions else None
+        """The current version of ``kind`` for any base (:meth:`current`)."""
+        return self.current(kind)
 
     def next_name(self, kind: str = "policy") -> str:
         prefix = PREFIX[kind]
@@ -220,9 +209,8 @@ class Registry:
         for required in REQUIRED_FILES[kind]:
             if not (src_dir / required).is_file():
                 raise RegistryError(f"cannot publish {name}: {src_dir} has no {required}")
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.versions_dir))
-        try:
+        final = self.versions_dir / name
+        with atomic_dir(final, prefix=f".tmp-{name}-") as tmp:  # fsync, then rename: fails if `final` exists
             files = {}
             for f in sorted(src_dir.iterdir()):
                 if f.is_file() and f.name != "card.json":
@@ -231,25 +219,64 @@ class Registry:
             card = dict(card, name=name, files=files)
             card.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
             (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            fsync_path(tmp)
             validate_version_dir(tmp)
-            final = self.versions_dir / name
-            os.rename(tmp, final)  # atomic on one file system; fails if `final` exists
-            fsync_path(self.versions_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         log.info("published %s at %s", name, final)
         return Version(name, kind, final, card, "data")
 
-    def clean_partial(self) -> list[Path]:
-        """Remove leftovers of interrupted publishes (hidden ``.tmp-*`` directories)."""
+    def clean_partial(self, min_age_s: float = 0.0) -> list[Path]:
+        """Remove leftovers of interrupted publishes (hidden ``.tmp-*`` directories, never listed or served)
+        older than ``min_age_s`` seconds — a younger one may belong to a publish in progress elsewhere."""
         removed = []
         if self.versions_dir.is_dir():
             for path in self.versions_dir.glob(".tmp-*"):
+                try:
+                    if min_age_s and time.time() - path.stat().st_mtime <= min_age_s:
+                        continue
+                except OSError:
+                    continue
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
         return removed
+
+
+class StagedRegistry(Registry):
+    """The data dir's registry plus one not-yet-published candidate (for the evaluation only)."""
+
+    def __init__(self, base: Registry, name: str, path: Path, card: dict):
+        super().__init__(base.versions_dir, base.package_dir)
+        files = {"adapter_model.safetensors": sha256_file(path / "adapter_model.safetensors")}
+        self.candidate = Version(check_name(name), "policy", Path(path), dict(card, files=files, name=name),
+                                 "candidate")
+
+    def _scan(self):
+        found = super()._scan()
+        found[self.candidate.name] = self.candidate
+        return found
+
+
+def publish_to(src_dir: Path, card: dict, versions_dir: Path, name: str | None = None, publish_dir: str | Path = "",
+               replace: bool = False) -> Version:
+    """Publish a trained adapter: into the data dir's ``versions_dir``, or — ``publish_dir``, for versions
+    shipped with the package — into that folder alone (``replace`` removes a version of that name there
+    first; the data dir's versions are never overwritten). A shipped version is made readable by all."""
+    if publish_dir:
+        registry = Registry(Path(publish_dir), package_dir=None)
+        if replace and name and (Path(publish_dir) / check_name(name)).exists():
+            shutil.rmtree(Path(publish_dir) / name)
+    else:
+        if replace:
+            raise ValueError("--replace only works with --publish-dir; registry versions are never overwritten")
+        registry = Registry(versions_dir)
+    version = registry.publish(Path(src_dir), card, name=name)
+    if publish_dir:  # shipped with the package: readable by everyone (mkdtemp made it 0700)
+        os.chmod(version.path, 0o755)
+    return version
+
+
+def software_versions() -> dict:
+    """torch / transformers / peft versions, for a version's card."""
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}

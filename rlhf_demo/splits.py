@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
+
+from .jsonl import iter_jsonl
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 EXTERNAL = PACKAGE_DATA / "external"
@@ -85,19 +86,15 @@ def _reported_texts(path: Path, kind: str) -> Iterable[str]:
                 if row.get("prompt"):
                     yield row["prompt"]
         return
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if kind == "fastchat":
-                yield from (t for t in row.get("turns", []) if isinstance(t, str))
-            else:
-                p = row.get("prompt")
-                if isinstance(p, str):
-                    yield p
-                elif isinstance(p, list):
-                    yield from (m["content"] for m in p if isinstance(m, dict) and m.get("role") == "user")
+    for _, row in iter_jsonl(path):  # the one JSONL reader: a bad line is an error naming file:line
+        if kind == "fastchat":
+            yield from (t for t in row.get("turns", []) if isinstance(t, str))
+        else:
+            p = row.get("prompt")
+            if isinstance(p, str):
+                yield p
+            elif isinstance(p, list):
+                yield from (m["content"] for m in p if isinstance(m, dict) and m.get("role") == "user")
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,4 @@
-"""Pure statistics shared by the evaluation (``eval``) and the pipeline's gates (``training.pipeline``).
+"""Pure statistics shared by the evaluation (``eval``) and the pipeline's gates (``arena_app.gates``).
 
 Standard library only. ``eval/stats.py`` re-exports the first group, so ``eval.stats.wilson_interval`` and
 friends are these functions.
@@ -10,6 +10,8 @@ friends are these functions.
   proportions (Newcombe 1998, method 10: Wilson intervals of each rate combined with the phi correlation).
 * :func:`decide` — what a gate concludes from such an interval: ``worse``, ``within`` (shown within the allowed
   change) or ``not enough evidence``.
+* :func:`cohen_kappa`, :func:`fleiss_kappa` — chance-corrected agreement of two / several raters, with intervals
+  (``rlhf_demo.agreement`` applies them to the arena's overlap set).
 """
 
 from __future__ import annotations
@@ -155,18 +157,84 @@ def decide(lo: float, hi: float, allowed: float) -> str:
 
 
 
-def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> dict:
-    """Cohen's kappa of two raters' yes/no labels on the same items: (p_o − p_e) / (1 − p_e).
+def cohen_kappa(a: Sequence, b: Sequence, confidence: float = 0.95) -> dict:
+    """Cohen's kappa of two raters' labels on the same items: (p_o − p_e) / (1 − p_e).
 
-    Returns ``{"n", "agreement" (p_o), "expected" (p_e), "kappa"}``; kappa is NaN when p_e = 1 (both
-    raters gave one label to everything)."""
+    Labels are any hashable categories (yes/no, or a vote's winner); ``p_e = Σ_c p_a(c)·p_b(c)``. The interval
+    is the Wilson interval of ``p_o`` (k agreements of n) mapped through ``κ = (p_o − p_e)/(1 − p_e)`` with
+    ``p_e`` held fixed — like Cohen's (1960) standard error it ignores the sampling variability of ``p_e``, but
+    unlike ``κ ± z·se`` it is never zero-width when the raters agree on every item.
+
+    Returns ``{"n", "agreement" (p_o), "expected" (p_e), "kappa", "ci", "confidence"}``; kappa (and its
+    interval) is NaN when p_e = 1 (both raters gave one label to everything)."""
     if len(a) != len(b):
         raise ValueError(f"{len(a)} labels against {len(b)}")
     n = len(a)
     if n == 0:
         raise ValueError("no items")
-    both = sum(1 for x, y in zip(a, b) if x and y)
-    neither = sum(1 for x, y in zip(a, b) if not x and not y)
-    pa, pb = sum(map(bool, a)) / n, sum(map(bool, b)) / n
-    po, pe = (both + neither) / n, pa * pb + (1 - pa) * (1 - pb)
-    return {"n": n, "agreement": po, "expected": pe, "kappa": (po - pe) / (1 - pe) if pe < 1 else float("nan")}
+    agree = sum(1 for x, y in zip(a, b) if x == y)
+    po = agree / n
+    ca, cb = _counts(a), _counts(b)
+    pe = sum(ca[c] * cb.get(c, 0) for c in ca) / (n * n)
+    if pe >= 1:
+        nan = float("nan")
+        return {"n": n, "agreement": po, "expected": pe, "kappa": nan, "ci": [nan, nan], "confidence": confidence}
+    lo, hi = wilson_interval(agree, n, confidence)
+    return {"n": n, "agreement": po, "expected": pe, "kappa": (po - pe) / (1 - pe),
+            "ci": [(lo - pe) / (1 - pe), (hi - pe) / (1 - pe)], "confidence": confidence}
+
+
+def _counts(labels) -> dict:
+    out: dict = {}
+    for x in labels:
+        out[x] = out.get(x, 0) + 1
+    return out
+
+
+def _fleiss_point(items: Sequence[dict]) -> tuple[float, float]:
+    """(P̄, P_e) of items given as {label: count} with at least two ratings each."""
+    totals: dict = {}
+    p_bar, ratings = 0.0, 0
+    for counts in items:
+        m = sum(counts.values())
+        p_bar += sum(c * (c - 1) for c in counts.values()) / (m * (m - 1))
+        ratings += m
+        for c, k in counts.items():
+            totals[c] = totals.get(c, 0) + k
+    return p_bar / len(items), sum((k / ratings) ** 2 for k in totals.values())
+
+
+def fleiss_kappa(items: Sequence, confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Fleiss' kappa of several raters on the same items: ``(P̄ − P_e) / (1 − P_e)``.
+
+    ``items``: one entry per item, either the list of labels it got or a ``{label: count}`` mapping. Items with
+    fewer than two ratings are left out. ``P_i = Σ_c n_ic(n_ic − 1) / (m_i(m_i − 1))`` (the share of agreeing
+    rater pairs on item i; with ``m_i`` ratings), ``P̄`` their mean, ``p_c`` the share of all ratings in
+    category c and ``P_e = Σ_c p_c²``. With the same number of raters on every item this is Fleiss (1971); with
+    varying numbers it is the usual generalisation (each item's pairs weigh the same). The interval is the
+    percentile bootstrap over items (``n_resamples``, seeded), since Fleiss' standard error is the one under
+    κ = 0, not an interval. Returns ``{"n_items", "ratings", "agreement" (P̄), "expected" (P_e), "kappa", "ci",
+    "confidence", "method"}``; kappa is NaN when P_e = 1.
+    """
+    import random
+
+    rows = [dict(x) if isinstance(x, dict) else _counts(x) for x in items]
+    rows = [r for r in rows if sum(r.values()) >= 2]
+    if not rows:
+        raise ValueError("no item has two or more ratings")
+    p_bar, p_e = _fleiss_point(rows)
+    kappa = (p_bar - p_e) / (1 - p_e) if p_e < 1 else float("nan")
+    ci = [float("nan"), float("nan")]
+    if n_resamples > 0 and not math.isnan(kappa):
+        rng = random.Random(seed)
+        ks = []
+        for _ in range(n_resamples):
+            pb, pe = _fleiss_point([rows[rng.randrange(len(rows))] for _ in rows])
+            ks.append((pb - pe) / (1 - pe) if pe < 1 else 1.0)  # all one label in a resample: full agreement
+        ks.sort()
+        lo_i = int(math.floor((1 - confidence) / 2 * (n_resamples - 1)))
+        hi_i = int(math.ceil((1 + confidence) / 2 * (n_resamples - 1)))
+        ci = [ks[lo_i], ks[hi_i]]
+    return {"n_items": len(rows), "ratings": sum(sum(r.values()) for r in rows), "agreement": p_bar,
+            "expected": p_e, "kappa": kappa, "ci": ci, "confidence": confidence,
+            "method": f"fleiss; percentile bootstrap over items ({n_resamples} resamples, seed {seed})"}

@@ -3,9 +3,18 @@
 SQLAlchemy Core on any URL (``--db-url``); by default a SQLite file ``feedback.db`` in the data
 dir, opened in WAL mode with ``synchronous=FULL`` (a vote acknowledged to the user is on disk,
 and survives the process being killed) and a busy timeout (concurrent writers wait instead of
-failing). Rows are only ever inserted: the API has no update or delete, and on SQLite triggers
-refuse UPDATE and DELETE on the feedback tables. One vote per conversation (a unique
-constraint), so a second vote on the same round is refused by the database too.
+failing). On PostgreSQL (``postgresql+psycopg://…``, the psycopg 3 driver) a vote is acknowledged
+after its transaction commits, which with the server's default ``synchronous_commit=on`` means its
+WAL record is flushed; several app processes can share one server (schema creation is serialised
+by an advisory lock). Rows are only ever inserted: the API has no update or delete, and triggers
+(SQLite and PostgreSQL) refuse UPDATE and DELETE (and, on PostgreSQL, TRUNCATE) on the feedback
+tables. One vote per conversation (a unique constraint), so a second vote on the same round is
+refused by the database too.
+
+Voiding. A vote cast by mistake or by a spammer is taken out by a *void*: a new row in
+``vote_voids`` (vote id, reason, who, when), append-only like the rest, at most one per vote. The
+vote itself stays. :meth:`Store.votes` leaves voided votes out unless ``include_voided=True``, so
+the export, the leaderboard and the training data (all read through it) honour voids.
 
 A store that cannot write (read-only directory, disk full, server down) raises :class:`StoreError`
 with a message that says why; it retries on the next write, so the arena keeps serving meanwhile.
@@ -17,8 +26,7 @@ import datetime as _dt
 import logging
 import re
 import threading
-import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -26,97 +34,11 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import __version__
+from .store_schema import (ADDED_COLUMNS, APPEND_ONLY, MAX_VOID_REASON_CHARS, PG_SCHEMA_LOCK, SCHEMA_VERSION,  # noqa: F401
+                           _PG_APPEND_ONLY_FN, BetterAnswerRecord, ConversationRecord, TurnRecord, VoteRecord,
+                           better_answers, conversations, metadata, schema_version_table, turns, vote_voids, votes)
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-APPEND_ONLY = ("conversations", "turns", "votes", "better_answers")
-
-metadata = sa.MetaData()
-
-schema_version_table = sa.Table(
-    "schema_version", metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("applied_at", sa.DateTime, nullable=False),
-    sa.Column("app_version", sa.String(64), nullable=False),
-)
-
-conversations = sa.Table(
-    "conversations", metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("user", sa.String(128)),
-    sa.Column("session_id", sa.String(128)),
-    sa.Column("left_policy", sa.String(64), nullable=False),
-    sa.Column("left_hash", sa.String(64), nullable=False, default=""),
-    sa.Column("right_policy", sa.String(64), nullable=False),
-    sa.Column("right_hash", sa.String(64), nullable=False, default=""),
-    sa.Column("swapped", sa.Boolean, nullable=False),
-    sa.Column("blind", sa.Boolean, nullable=False),
-    sa.Column("app_version", sa.String(64), nullable=False),
-)
-
-turns = sa.Table(
-    "turns", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("conversation_id", sa.String(64), sa.ForeignKey("conversations.id"), nullable=False, index=True),
-    sa.Column("turn", sa.Integer, nullable=False),
-    sa.Column("attempt", sa.Integer, nullable=False, default=0),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("user_message", sa.Text, nullable=False),
-    sa.Column("left_answer", sa.Text, nullable=False),
-    sa.Column("right_answer", sa.Text, nullable=False),
-    sa.Column("params", sa.JSON, nullable=False),
-    sa.Column("latency", sa.JSON, nullable=False),
-    sa.Column("finish", sa.JSON, nullable=False),
-    sa.UniqueConstraint("conversation_id", "turn", "attempt", name="uq_turn_attempt"),
-)
-
-votes = sa.Table(
-    "votes", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("vote_uid", sa.String(64), nullable=False, unique=True),
-    sa.Column("conversation_id", sa.String(64), sa.ForeignKey("conversations.id"), nullable=False,
-              unique=True),  # one vote per round
-    sa.Column("turn", sa.Integer, nullable=False),  # turns covered by the vote
-    sa.Column("created_at", sa.DateTime, nullable=False, index=True),
-    sa.Column("user", sa.String(128)),
-    sa.Column("session_id", sa.String(128)),
-    sa.Column("left_policy", sa.String(64), nullable=False),
-    sa.Column("left_hash", sa.String(64), nullable=False),
-    sa.Column("right_policy", sa.String(64), nullable=False),
-    sa.Column("right_hash", sa.String(64), nullable=False),
-    sa.Column("swapped", sa.Boolean, nullable=False),
-    sa.Column("blind", sa.Boolean, nullable=False),
-    sa.Column("winner", sa.String(16), nullable=False),
-    sa.Column("left_messages", sa.JSON, nullable=False),
-    sa.Column("right_messages", sa.JSON, nullable=False),
-    sa.Column("params", sa.JSON, nullable=False),
-    sa.Column("latency", sa.JSON, nullable=False),
-    sa.Column("reasons", sa.JSON, nullable=False),
-    sa.Column("comment", sa.Text, nullable=False),
-    sa.Column("app_version", sa.String(64), nullable=False),
-    sa.CheckConstraint("winner IN ('left', 'right', 'tie', 'both_bad')", name="ck_winner"),
-)
-
-better_answers = sa.Table(
-    "better_answers", metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("conversation_id", sa.String(64), sa.ForeignKey("conversations.id"), nullable=False, index=True),
-    sa.Column("turn", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.DateTime, nullable=False),
-    sa.Column("user", sa.String(128)),
-    sa.Column("session_id", sa.String(128)),
-    sa.Column("text", sa.Text, nullable=False),
-    # each side's conversation through this turn, ending with that side's answer
-    sa.Column("left_messages", sa.JSON, nullable=False),
-    sa.Column("right_messages", sa.JSON, nullable=False),
-    sa.Column("left_policy", sa.String(64), nullable=False),
-    sa.Column("left_hash", sa.String(64), nullable=False),
-    sa.Column("right_policy", sa.String(64), nullable=False),
-    sa.Column("right_hash", sa.String(64), nullable=False),
-    sa.Column("app_version", sa.String(64), nullable=False),
-)
 
 
 class StoreError(RuntimeError):
@@ -125,6 +47,10 @@ class StoreError(RuntimeError):
 
 class AlreadyVoted(StoreError):
     """This conversation has a vote already (votes are final)."""
+
+
+class VoidRefused(StoreError):
+    """A void the store refuses: unknown vote, vote voided already, or no reason given."""
 
 
 _BAD_CHARS = re.compile(r"[\x00\ud800-\udfff]")
@@ -149,70 +75,6 @@ def utcnow() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
 
 
-@dataclass
-class ConversationRecord:
-    id: str
-    left_policy: str
-    right_policy: str
-    swapped: bool
-    blind: bool
-    left_hash: str = ""
-    right_hash: str = ""
-    user: str | None = None
-    session_id: str | None = None
-    app_version: str = __version__
-
-
-@dataclass
-class TurnRecord:
-    conversation_id: str
-    turn: int
-    user_message: str
-    left_answer: str
-    right_answer: str
-    attempt: int = 0
-    params: dict = field(default_factory=dict)
-    latency: dict = field(default_factory=dict)
-    finish: dict = field(default_factory=dict)
-
-
-@dataclass
-class VoteRecord:
-    conversation_id: str
-    turn: int
-    left_policy: str
-    right_policy: str
-    winner: str
-    left_messages: list
-    right_messages: list
-    swapped: bool = False
-    blind: bool = True
-    left_hash: str = ""
-    right_hash: str = ""
-    params: list | dict = field(default_factory=list)
-    latency: list | dict = field(default_factory=list)
-    reasons: list = field(default_factory=list)
-    comment: str = ""
-    user: str | None = None
-    session_id: str | None = None
-    app_version: str = __version__
-    vote_uid: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-
-@dataclass
-class BetterAnswerRecord:
-    conversation_id: str
-    turn: int
-    text: str
-    left_messages: list
-    right_messages: list
-    left_policy: str
-    right_policy: str
-    left_hash: str = ""
-    right_hash: str = ""
-    user: str | None = None
-    session_id: str | None = None
-    app_version: str = __version__
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -235,7 +97,10 @@ class Store:
         self._ready = False
         self.problem: str | None = None
         u = sa.engine.make_url(url)
+        if u.drivername == "postgresql":  # SQLAlchemy's default driver there is psycopg2; ours is psycopg 3
+            u = u.set(drivername="postgresql+psycopg")
         self.is_sqlite = u.get_backend_name() == "sqlite"
+        self.is_postgres = u.get_backend_name() == "postgresql"
         kwargs = {}
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
@@ -245,7 +110,7 @@ class Store:
         else:
             self.path = None
             kwargs["pool_pre_ping"] = True
-        self.engine = sa.create_engine(url, **kwargs)
+        self.engine = sa.create_engine(u, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if create:
@@ -273,21 +138,21 @@ class Store:
             try:
                 if self.path is not None:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
-                metadata.create_all(self.engine)
+                if not self.is_postgres:
+                    metadata.create_all(self.engine)
                 with self.engine.begin() as conn:
-                    if self.is_sqlite:
-                        for table in APPEND_ONLY:
-                            for op in ("UPDATE", "DELETE"):
-                                conn.exec_driver_sql(
-                                    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
-                                    f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END")
+                    if self.is_postgres:  # DDL is transactional there: one process at a time creates it all
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_SCHEMA_LOCK})
+                        metadata.create_all(conn)
+                    self._add_columns(conn)
+                    self._create_triggers(conn)
                     found = conn.execute(sa.select(sa.func.max(schema_version_table.c.version))).scalar()
-                    if found is None:
-                        conn.execute(schema_version_table.insert().values(version=SCHEMA_VERSION, applied_at=utcnow(),
-                                                                    app_version=__version__))
-                    elif found > SCHEMA_VERSION:
+                    if found is not None and found > SCHEMA_VERSION:
                         raise StoreError(f"the feedback database {self.where} has schema v{found}, newer than this "
                                          f"app understands (v{SCHEMA_VERSION}); upgrade the app")
+                    if found is None or found < SCHEMA_VERSION:  # new database, or v1 + the vote_voids table
+                        conn.execute(schema_version_table.insert().values(version=SCHEMA_VERSION, applied_at=utcnow(),
+                                                                    app_version=__version__))
             except StoreError as exc:
                 self.problem = str(exc)
                 raise
@@ -296,6 +161,37 @@ class Store:
                 raise StoreError(self.problem) from exc
             self._ready = True
             self.problem = None
+
+    def _add_columns(self, conn) -> None:
+        """Bring an older database's tables up to date: ALTER TABLE ADD COLUMN for each missing nullable column
+        of :data:`ADDED_COLUMNS` (adding a column is not an UPDATE: the append-only triggers allow it)."""
+        have = sa.inspect(conn)
+        for table, cols in ADDED_COLUMNS.items():
+            present = {c["name"] for c in have.get_columns(table)}
+            for name in cols:
+                if name not in present:
+                    col = metadata.tables[table].c[name]
+                    kind = col.type.compile(dialect=conn.dialect)
+                    conn.exec_driver_sql(f'ALTER TABLE {table} ADD COLUMN "{name}" {kind}')
+
+    def _create_triggers(self, conn) -> None:
+        """Refuse UPDATE and DELETE (PostgreSQL: TRUNCATE too) on the append-only tables, in the database."""
+        if self.is_sqlite:
+            for table in APPEND_ONLY:
+                for op in ("UPDATE", "DELETE"):
+                    conn.exec_driver_sql(
+                        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END")
+        elif self.is_postgres:
+            conn.exec_driver_sql(_PG_APPEND_ONLY_FN)
+            for table in APPEND_ONLY:
+                conn.exec_driver_sql(f"CREATE OR REPLACE TRIGGER {table}_no_change BEFORE UPDATE OR DELETE ON {table} "
+                                     "FOR EACH ROW EXECUTE FUNCTION arena_append_only()")
+                conn.exec_driver_sql(f"CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+                                     "FOR EACH STATEMENT EXECUTE FUNCTION arena_append_only()")
+        else:
+            log.warning("append-only triggers exist for SQLite and PostgreSQL only; %s relies on the API alone",
+                        self.where)
 
     def _explain(self, exc: Exception) -> str:
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
@@ -388,14 +284,60 @@ class Store:
         except IntegrityError as exc:
             raise StoreError(f"better answer rejected by the database: {str(exc.orig).splitlines()[0]}") from exc
 
+    def void_vote(self, vote_id: int, reason: str, user: str | None = None) -> int:
+        """Take vote ``vote_id`` out of the export, the leaderboard and training: a new ``vote_voids`` row.
+
+        The vote stays in the database. Refused (:class:`VoidRefused`, with a message) when the vote does
+        not exist, is voided already, or ``reason`` is empty. Returns the void's id.
+        """
+        reason = clean(str(reason or "")).strip()
+        if not reason:
+            raise VoidRefused(f"a void of vote {vote_id} needs a reason")
+        if len(reason) > MAX_VOID_REASON_CHARS:
+            raise VoidRefused(f"the reason is {len(reason)} characters; at most {MAX_VOID_REASON_CHARS}")
+        try:
+            vote_id = int(vote_id)
+        except (TypeError, ValueError):
+            raise VoidRefused(f"vote id must be a number, not {str(vote_id)[:40]!r}") from None
+
+        def go(conn):
+            if conn.execute(sa.select(votes.c.id).where(votes.c.id == vote_id)).first() is None:
+                raise VoidRefused(f"there is no vote with id {vote_id}; nothing was voided")
+            return conn.execute(vote_voids.insert().values(vote_id=vote_id, created_at=utcnow(), user=clean(user),
+                                                           reason=reason, app_version=__version__)
+                                ).inserted_primary_key[0]
+        try:
+            return self._write(go)
+        except IntegrityError as exc:
+            if self._read(lambda c: c.execute(sa.select(vote_voids.c.id).where(vote_voids.c.vote_id == vote_id))
+                          .first()) is not None:
+                raise VoidRefused(f"vote {vote_id} is voided already") from exc
+            raise StoreError(f"void rejected by the database: {str(exc.orig).splitlines()[0]}") from exc
+
     # -- reads --------------------------------------------------------------------------------
-    def votes(self, blind_only: bool = False, since_id: int = 0, user: str | None = None) -> list[dict]:
-        q = sa.select(votes).where(votes.c.id > since_id).order_by(votes.c.id)
+    def votes(self, blind_only: bool = False, since_id: int = 0, user: str | None = None,
+              include_voided: bool = False) -> list[dict]:
+        """Stored votes in id order. Voided votes are left out unless ``include_voided`` (then each row has
+        ``voided`` True/False)."""
+        if include_voided:
+            voided = sa.exists().where(vote_voids.c.vote_id == votes.c.id)
+            q = sa.select(votes, voided.label("voided"))
+        else:
+            q = sa.select(votes).where(~sa.exists().where(vote_voids.c.vote_id == votes.c.id))
+        q = q.where(votes.c.id > since_id).order_by(votes.c.id)
         if blind_only:
             q = q.where(votes.c.blind.is_(True))
         if user is not None:
             q = q.where(votes.c.user == user)
-        return self._read(lambda c: [dict(r._mapping) for r in c.execute(q)])
+        rows = self._read(lambda c: [dict(r._mapping) for r in c.execute(q)])
+        if include_voided:
+            for r in rows:
+                r["voided"] = bool(r["voided"])  # SQLite gives 0/1
+        return rows
+
+    def voids(self) -> list[dict]:
+        """Every void, in id order."""
+        return self._read(lambda c: [dict(r._mapping) for r in c.execute(sa.select(vote_voids).order_by(vote_voids.c.id))])
 
     def better_answers(self, since_id: int = 0) -> list[dict]:
         q = sa.select(better_answers).where(better_answers.c.id > since_id).order_by(better_answers.c.id)
@@ -428,6 +370,7 @@ class Store:
                     "blind_votes": c.execute(sa.select(sa.func.count()).select_from(votes).where(
                         votes.c.id > since_vote_id, votes.c.blind.is_(True))).scalar(),
                     "by_winner": by_winner,
+                    "voids": n(vote_voids, 0),
                     "last_vote_id": c.execute(sa.select(sa.func.max(votes.c.id))).scalar() or 0,
                     "last_better_id": c.execute(sa.select(sa.func.max(better_answers.c.id))).scalar() or 0}
         return self._read(go)

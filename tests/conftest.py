@@ -150,3 +150,39 @@ def random_adapter(tmp_path):
     def make(settings: Settings, seed: int = 1, **kw) -> Path:
         return write_random_adapter(settings, tmp_path / f"adapter-{seed}", seed, **kw)
     return make
+
+
+# -- PostgreSQL: a real server (initdb + pg_ctl in a temp dir), started once per session -------------------
+@pytest.fixture(scope="session")
+def pg_server():
+    """A running PostgreSQL server (tests/pg_server.py). Skipped without the binaries or psycopg locally,
+    a failure under CI (CI=true), where the PostgreSQL tests must run."""
+    from pg_server import PgServer, find_bin_dir, wait_ready
+
+    def missing(reason: str):
+        if in_ci():
+            pytest.fail(f"{reason} (CI=true: the PostgreSQL tests must run in CI)", pytrace=False)
+        pytest.skip(reason)
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        missing("PostgreSQL's initdb/pg_ctl are absent (apt-get install postgresql, or set RLHF_ARENA_PG_BIN)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        missing(f"the psycopg driver is not installed ({exc}); pip install -r requirements.txt")
+    server = PgServer(bin_dir)
+    try:
+        server.start()
+        wait_ready(server)
+    except Exception:
+        server.stop()
+        raise
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def pg_url(pg_server) -> str:
+    """The SQLAlchemy URL of a fresh, empty database on the session's PostgreSQL server."""
+    return pg_server.create_database()

@@ -52,7 +52,7 @@ def _load(settings):
 
 def launch(world, store=None, **kw):
     from rlhf_demo.store import Store
-    from rlhf_demo.ui import build_app
+    from arena_app.ui import build_app
 
     settings, registry, server = world
     store = store or Store.from_settings(settings)
@@ -298,7 +298,7 @@ def test_rate_limit(arena, monkeypatch):
 def test_with_auth_nothing_works_without_login_and_only_admins_export(world, tmp_path):
     from gradio_client.exceptions import AppError
 
-    from rlhf_demo.auth import UserDB, add_user
+    from arena_app.auth import UserDB, add_user
 
     users = tmp_path / "users.json"
     add_user(users, "admin", "admin-password")
@@ -406,3 +406,56 @@ def test_app_flags(tmp_path):
     assert bad.returncode == 2 and "invalid version name" in bad.stderr
     bad = run("--auth", str(tmp_path / "nope.json"), "--data-dir", str(tmp_path))
     assert bad.returncode == 2 and "no such file" in bad.stderr
+
+
+def test_leaderboard_preliminary_length_controlled_position_bias_and_voids(arena):
+    """Below MIN_BATTLES a version is 'preliminary' (no rank, no interval); the length-controlled column and the
+    left-wins rate are shown; a voided vote leaves the leaderboard."""
+    from rlhf_demo.leaderboard import MIN_BATTLES
+    from rlhf_demo.store import ConversationRecord, VoteRecord
+
+    app, url = arena
+
+    def add(cid, left, right, winner, left_text="short", right_text="a much longer answer"):
+        conv = ConversationRecord(id=cid, left_policy=left, right_policy=right, swapped=False, blind=True)
+        msgs = lambda text: [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]  # noqa: E731
+        return app.store.record_vote(conv, VoteRecord(conversation_id=cid, turn=1, left_policy=left, right_policy=right,
+                                                      winner=winner, left_messages=msgs(left_text),
+                                                      right_messages=msgs(right_text)))
+    for k in range(MIN_BATTLES + 2):
+        add(f"lb-{k}", "sft", "rlhf-v0", ("left", "right", "tie")[k % 3])
+    lone = add("lb-lone", "sft", "rlhf-v7", "right")
+    summary, ratings, _rate, _counts = client(url).predict(False, api_name="/leaderboard")
+    rows = {r[1]: dict(zip(ratings["headers"], r)) for r in ratings["data"]}
+    assert rows["rlhf-v7"]["95% CI"] == "preliminary" and rows["rlhf-v7"]["rank"] == "–"
+    assert rows["sft"]["95% CI"] == "anchor" and rows["rlhf-v0"]["95% CI"].count("–") == 1
+    assert "length-controlled" in ratings["headers"] and "(" in rows["rlhf-v0"]["length-controlled"]
+    assert "Position bias" in summary and "preliminary" in summary
+    app.store.void_vote(lone, "test: voided", user="admin")
+    _s, ratings, _r, _c = client(url).predict(False, api_name="/leaderboard")
+    assert "rlhf-v7" not in {r[1] for r in ratings["data"]}
+    assert any(v["id"] == lone and v["voided"] for v in app.store.votes(include_voided=True))
+
+
+def test_admin_agreement_view_matches_the_hand_computed_kappa(arena):
+    """The seeded overlap set of tests/test_agreement.py (4 users x 8 pairs, sides swapped between users) stored
+    as votes: Fleiss' kappa 9/73 = 0.12 and the contrarian user flagged, in the admin view."""
+    from test_agreement import seeded_overlap_votes
+
+    from rlhf_demo.store import ConversationRecord, VoteRecord
+
+    app, url = arena
+    for k, v in enumerate(x for x in seeded_overlap_votes() if not x.get("voided")):
+        cid = f"agree-{k}"
+        conv = ConversationRecord(id=cid, left_policy=v["left_policy"], right_policy=v["right_policy"],
+                                  swapped=False, blind=True, user=v["user"])
+        app.store.record_vote(conv, VoteRecord(conversation_id=cid, turn=1, left_policy=v["left_policy"],
+                                               right_policy=v["right_policy"], winner=v["winner"],
+                                               left_messages=v["left_messages"], right_messages=v["right_messages"],
+                                               user=v["user"]))
+    summary, table = client(url).predict(api_name="/agreement")
+    assert "8 conversation pairs" in summary and "Fleiss' kappa 0.12 " in summary
+    rows = {r[0]: dict(zip(table["headers"], r)) for r in table["data"]}
+    assert rows["u4"]["flagged"] == "outlier" and rows["u1"]["flagged"] == ""
+    assert rows["u4"]["Cohen's kappa (95% CI)"].startswith("-0.60 (-0.60 – -0.08)")
+    assert rows["u1"]["agrees with the others"] == "100%" and rows["u4"]["agrees with the others"] == "0%"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_demo.auth import AuthError, UserDB, add_user, check_password, hash_password, load_users, remove_user
+from arena_app.auth import AuthError, UserDB, add_user, check_password, hash_password, load_users, remove_user
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_userdb_is_the_gradio_auth_callable_and_rereads_the_file(tmp_path):
 
 def test_cli_add_list_remove(tmp_path):
     f = tmp_path / "users.json"
-    run = lambda *a, inp=None: subprocess.run([sys.executable, "-m", "rlhf_demo.auth", *a, "--file", str(f)],  # noqa: E731
+    run = lambda *a, inp=None: subprocess.run([sys.executable, "-m", "arena_app.auth", *a, "--file", str(f)],  # noqa: E731
                                               input=inp, capture_output=True, text=True, cwd=ROOT, timeout=60)
     out = run("add", "carol", "--password-stdin", inp="carol-password\n")
     assert out.returncode == 0, out.stderr

@@ -128,7 +128,7 @@ def test_chinese_browser_gets_a_chinese_ui(browser, arena):
 
 
 def test_login_required_and_training_tab_only_for_admins(browser, world, tmp_path):  # noqa: F811
-    from rlhf_demo.auth import UserDB, add_user
+    from arena_app.auth import UserDB, add_user
     from rlhf_demo.store import Store
 
     users = tmp_path / "users.json"
@@ -159,9 +159,51 @@ def test_login_required_and_training_tab_only_for_admins(browser, world, tmp_pat
 
             # the tab's visibility follows the login on page load: wait for it (slow under load)
             expect(page.get_by_role("tab", name="Training")).to_have_count(1 if admin else 0, timeout=20000)
+            expect(page.get_by_role("tab", name="Data review")).to_have_count(1 if admin else 0, timeout=20000)
             page.close()
     finally:
         app.close()
+
+
+def test_admin_voids_a_vote_and_the_export_leaves_it_out(browser, arena):
+    """The Data review tab: browse the votes, void one with a reason; the export drops it, the database keeps
+    the vote and the void; an unknown id is refused with a message."""
+    from playwright.sync_api import expect
+
+    from rlhf_demo.export import export_pairs
+    from rlhf_demo.store import ConversationRecord, VoteRecord
+
+    app, url = arena
+
+    def add(cid, prompt):
+        conv = ConversationRecord(id=cid, left_policy="sft", right_policy="rlhf-v0", swapped=False, blind=True)
+        side = lambda a: [{"role": "user", "content": prompt}, {"role": "assistant", "content": a}]  # noqa: E731
+        return app.store.record_vote(conv, VoteRecord(conversation_id=cid, turn=1, left_policy="sft",
+                                                      right_policy="rlhf-v0", winner="left",
+                                                      left_messages=side("good answer"), right_messages=side("bad")))
+    keep, spam = add("rev-keep", "a real question about bread"), add("rev-spam", "spam spam spam")
+    assert any(p["prompt"][0]["content"] == "spam spam spam" for p in export_pairs(app.store).pairs)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="en-US")
+    page.goto(url)
+    page.get_by_role("tab", name="Data review").click(timeout=30000)
+    page.click("#review-show")
+    expect(page.locator("#review-table")).to_contain_text("spam spam spam", timeout=30000)
+    expect(page.locator("#review-table")).to_contain_text("a real question about bread")
+    page.fill("#void-id textarea, #void-id input", "99999")
+    page.fill("#void-reason textarea, #void-reason input", "spam")
+    page.click("#void-submit")
+    expect(page.get_by_text("there is no vote with id 99999")).to_be_visible(timeout=20000)  # refused, with why
+    page.fill("#void-id textarea, #void-id input", str(spam))
+    page.fill("#void-reason textarea, #void-reason input", "the same text sent 40 times")
+    page.click("#void-submit")
+    expect(page.locator("#void-msg")).to_contain_text(f"Vote {spam} voided", timeout=20000)
+    expect(page.locator("#review-table")).to_contain_text("the same text sent 40 times")
+    page.close()
+    prompts = [p["prompt"][0]["content"] for p in export_pairs(app.store).pairs]
+    assert "spam spam spam" not in prompts and "a real question about bread" in prompts
+    stored = {v["id"]: v["voided"] for v in app.store.votes(include_voided=True)}
+    assert stored[spam] is True and stored[keep] is False  # the database still holds the vote ...
+    assert [(x["vote_id"], x["reason"]) for x in app.store.voids()] == [(spam, "the same text sent 40 times")]
 
 
 @pytest.mark.slow
@@ -176,7 +218,7 @@ def test_readme_screenshot_with_the_embedded_model(browser, embedded_settings, t
     from rlhf_demo.generation import PolicyServer
     from rlhf_demo.registry import Registry
     from rlhf_demo.store import Store
-    from rlhf_demo.ui import build_app
+    from arena_app.ui import build_app
     from test_app import free_port
 
     embedded_settings.max_new_tokens = 90

@@ -39,9 +39,9 @@ class LengthScorer:
 def test_eval_end_to_end_with_adapter_and_reward_judge(tiny_settings, random_adapter, monkeypatch, tmp_path):
     adapter = random_adapter(tiny_settings, seed=3)
     Registry(tiny_settings.versions_dir).publish(adapter, {"kind": "policy", "parent": "sft"}, name="rlhf-v0")
-    import training.roles
+    import rlhf_demo.scoring
 
-    monkeypatch.setattr(training.roles, "load_reward_scorer", lambda settings, name=None, **kw: LengthScorer())
+    monkeypatch.setattr(rlhf_demo.scoring, "load_reward_scorer", lambda settings, name=None, **kw: LengthScorer())
     runs = tiny_settings.data_dir / "runs" / "ppo-test"
     runs.mkdir(parents=True)
     (runs / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "reward/mean": i * 0.1, "kl": 0.01 * i})

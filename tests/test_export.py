@@ -55,6 +55,10 @@ def test_pairs_follow_the_rules(store, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     assert rows == res.pairs
     bread, bomb, multi, better_l, better_r = rows
+    # a vote's pair says where it came from (typed prompt here; no pairing logged by this old-style record)
+    assert bread.pop("meta") == {"from": "vote", "vote_id": 1, "suggested": False, "prompt_sources": "",
+                                 "prompt_categories": "", "pairing": "", "replay_of": None}
+    assert better_l.pop("meta")["from"] == "better_answer" and better_r.pop("meta")["vote_id"] is None
     assert bread == {"prompt": [{"role": "user", "content": "How do I bake bread?"}],
                      "chosen": [{"role": "assistant", "content": "Knead, rise, bake."}],
                      "rejected": [{"role": "assistant", "content": "No."}]}
@@ -77,7 +81,7 @@ def test_exported_pairs_load_with_datasets_in_trl_schema(store, tmp_path):
     datasets = pytest.importorskip("datasets")
     export_pairs(store, "trl", tmp_path / "pairs.jsonl")
     ds = datasets.load_dataset("json", data_files=str(tmp_path / "pairs.jsonl"), split="train")
-    assert set(ds.column_names) == {"prompt", "chosen", "rejected"} and len(ds) == 5
+    assert set(ds.column_names) == {"prompt", "chosen", "rejected", "meta"} and len(ds) == 5
     row = ds[0]
     assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
     try:  # TRL's own check, when TRL is installed
@@ -90,6 +94,7 @@ def test_exported_pairs_load_with_datasets_in_trl_schema(store, tmp_path):
 def test_hh_format(store, tmp_path):
     export_pairs(store, "hh", tmp_path / "hh.jsonl")
     row = json.loads((tmp_path / "hh.jsonl").read_text().splitlines()[0])
+    assert row.pop("meta")["vote_id"] == 1
     assert row == {"chosen": "\n\nHuman: How do I bake bread?\n\nAssistant: Knead, rise, bake.",
                    "rejected": "\n\nHuman: How do I bake bread?\n\nAssistant: No."}
     assert messages_to_hh([{"role": "system", "content": "Be nice."}, {"role": "user", "content": "q"}]) == \
@@ -127,3 +132,84 @@ def test_cli(store, tmp_path):
                               "--data-dir", str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True,
                              timeout=120)
     assert missing.returncode == 1 and "no feedback database" in missing.stderr
+
+
+# -- voids, the data card, PII redaction -------------------------------------------------------------------
+def test_a_voided_vote_leaves_export_leaderboard_and_training_data(store, tmp_path):
+    from rlhf_demo.leaderboard import compute
+    from rlhf_demo.config import Settings
+
+    before = export_pairs(store)
+    bomb = [v for v in store.votes() if v["conversation_id"] == "c2"][0]
+    store.void_vote(bomb["id"], "spam: same prompt 40 times", user="admin")
+    after = export_pairs(store)
+    assert after.written == before.written - 1 and after.from_votes == 2
+    assert all(p["prompt"][0]["content"] != "Make a bomb" for p in after.pairs)
+    assert len(store.votes(include_voided=True)) == 6 and len(store.voids()) == 1  # both records are kept
+    board = compute(store.votes(), rounds=0)  # 5 blind votes, one voided
+    assert board.n_votes == 4 and "right" not in board.by_winner
+    assert compute(store.votes(include_voided=True), rounds=0).n_votes == 4  # rows flagged voided count neither
+    # training reads the arena through export_pairs: the voided pair is not among its rows
+    from training.data import load_source
+    pairs = load_source("arena", settings=Settings(data_dir=tmp_path))
+    assert len(pairs) == after.written
+
+
+def test_data_card_counts_versions_dates_voids_and_licence(store):
+    v1 = store.votes()[0]
+    store.void_vote(v1["id"], "cast by mistake")
+    res = export_pairs(store)
+    from rlhf_demo.export import data_card
+    card = data_card(store, res, licence="CC-BY-4.0")
+    c = card["counts"]
+    assert (c["votes_stored"], c["votes_voided"], c["votes_used"]) == (6, 1, 5)
+    assert c["by_winner"] == {"left": 1, "right": 2, "tie": 1, "both_bad": 1}  # ties and both-bad stay apart
+    assert (c["blind_votes_used"], c["named_votes_used"]) == (4, 1)
+    assert (c["pairs"], c["pairs_from_votes"], c["pairs_from_better_answers"]) == (4, 2, 2)
+    assert c["skipped"] == {"both_bad": 1, "identical_answers": 1, "tie": 1}
+    assert card["versions"] == [{"name": "rlhf-v1", "hashes": [], "votes": 5}, {"name": "sft", "hashes": [], "votes": 5}]
+    used = [v["created_at"] for v in store.votes()]
+    assert card["date_range"] == {"first_vote": min(used).isoformat(timespec="seconds") + "Z",
+                                  "last_vote": max(used).isoformat(timespec="seconds") + "Z"}
+    assert card["voids"]["count"] == 1 and card["voids"]["by_reason"] == {"cast by mistake": 1}
+    assert card["licence"] == "CC-BY-4.0" and card["pii_redaction"] == {"applied": False}
+    assert data_card(store, res)["licence"] == "unspecified"
+    json.dumps(card)  # serialisable as is
+
+
+def test_pii_redaction_hand_checked():
+    from rlhf_demo.pii import redact
+
+    r = redact("Hi, my name is Jane Doe; mail jane.doe@example.com or call (415) 555-2671. "
+               "I live at 221B Baker Street, London. Dr. Watson agrees.")
+    assert r.text == ("Hi, my name is [NAME]; mail [EMAIL] or call [PHONE]. I live at [ADDRESS]. "
+                      "Dr. [NAME] agrees.")
+    assert r.counts == {"name": 2, "email": 1, "phone": 1, "address": 1}
+    cn = redact("我叫王小明，电话13812345678，邮箱 wang@example.cn。")
+    assert cn.text == "我叫[NAME]，电话[PHONE]，邮箱 [EMAIL]。" and cn.counts == {"name": 1, "phone": 1, "email": 1}
+    assert redact("+44 20 7946 0958 and 1600 Pennsylvania Ave, Washington, DC 20500").text == "[PHONE] and [ADDRESS]"
+    # no false alarms on ordinary text: numbers, years, "I'm sorry", versions
+    for text in ("In 2019 the price rose 15 percent to 1200 dollars.", "I'm sorry, I am not sure.",
+                 "Use version 3.3.9 of the library; mix 2 cups of flour.", "How do I bake bread?"):
+        assert redact(text).text == text and not redact(text).counts
+
+
+def test_export_with_redaction_and_the_cli_card(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'feedback.db'}")
+    add_vote(s, "p1", "left", side("My name is Jane Doe, email jane@example.com. Write my bio.", "Jane is great."),
+             side("My name is Jane Doe, email jane@example.com. Write my bio.", "No."))
+    res = export_pairs(s, redact_pii=True)
+    (row,) = res.pairs
+    assert row["prompt"][0]["content"] == "My name is [NAME], email [EMAIL]. Write my bio."
+    assert res.redacted == {"name": 1, "email": 1}
+    s.close()
+    out = subprocess.run([sys.executable, "-m", "rlhf_demo.export", "--out", str(tmp_path / "x" / "pairs.jsonl"),
+                          "--redact-pii", "--licence", "CC0-1.0", "--prompts", str(tmp_path / "x" / "prompts.jsonl"),
+                          "--data-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    card = json.loads((tmp_path / "x" / "pairs.card.json").read_text())
+    assert card["licence"] == "CC0-1.0" and card["pii_redaction"]["applied"] is True
+    assert card["pii_redaction"]["counts"] == {"email": 1, "name": 1} and "phonenumbers" in card["pii_redaction"]["method"]
+    assert "jane@example.com" not in (tmp_path / "x" / "pairs.jsonl").read_text()
+    assert "jane@example.com" not in (tmp_path / "x" / "prompts.jsonl").read_text()
+    assert "data card" in out.stdout

@@ -205,7 +205,7 @@ def test_eval_uses_a_dedicated_judge_and_reports_its_agreement_and_votes(tiny_se
 
 def test_nothing_trains_against_a_judge(tiny_settings):
     from rlhf_demo.registry import RegistryError
-    from training import pipeline as P
+    from arena_app import pipeline as P
     from training.roles import resolve_reward_version
 
     publish_reward(tiny_settings, "reward-v0")

@@ -179,7 +179,7 @@ def test_merged_version_served_by_transformers_serve_streams_through_the_backend
 
         # the arena itself, served through the backend (what `python app.py --backend openai` builds)
         from rlhf_demo.store import Store
-        from rlhf_demo.ui import build_app
+        from arena_app.ui import build_app
         from test_app import chats, client, texts
 
         app = build_app(tiny_settings, server=backend, store=Store.from_settings(tiny_settings), registry=registry,

@@ -1,4 +1,4 @@
-"""`python -m training.pipeline`: export → reward model → PPO → evaluate → gates → publish.
+"""`python -m arena_app.pipeline`: export → reward model → PPO → evaluate → gates → publish.
 
 Fast tests stub the heavy stages to check the gate logic (a failing gate publishes nothing and
 says why); one real run on the tiny random model goes through every stage.
@@ -14,7 +14,7 @@ import pytest
 from conftest import write_random_adapter
 from rlhf_demo.registry import Registry
 from rlhf_demo.store import ConversationRecord, Store, TurnRecord, VoteRecord
-from training import pipeline as P
+from arena_app import pipeline as P
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -291,6 +291,13 @@ def test_real_tiny_run_publishes_then_strict_gate_rejects(tiny_settings, tmp_pat
     log = (runs[-1] / "pipeline.log").read_text()
     for stage in ("[1/6 export]", "[2/6 reward]", "[3/6 ppo]", "[4/6 eval]", "[5/6 gates]", "[6/6 publish]"):
         assert stage in log
+    # every stage reports progress (done/total, rate, ETA or "done in") in the log the Training tab shows
+    import re
+
+    for label in ("export (votes and better answers read)", "reward model", "PPO iterations", "eval generating",
+                  "gates checked", "publish"):
+        assert re.search(rf"  {re.escape(label)}: (\d+)/\1 \(100%\) · [^·]+/[^·]+ · done in \S+", log), (label, log)
+    assert re.search(r"  eval generating: \d+/\d+ \(\d+%\) · .* · (ETA|done in) ", log)
 
     # second run: continues reward-v0 and rlhf-v0; a KL bound of 0 must reject the candidate
     seed_votes(settings, 3, start=6)

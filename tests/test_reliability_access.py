@@ -29,14 +29,15 @@ from test_reliability_input import scripted_app
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTIONS = ["send", "regenerate", "vote_left", "vote_right", "vote_tie", "vote_both_bad", "better_answer", "new_round",
-           "leaderboard", "evaluation", "export_trl", "export_hh", "train_start", "train_cancel", "train_status"]
+           "leaderboard", "evaluation", "export_trl", "export_hh", "train_start", "train_cancel", "train_status",
+           "review", "void_vote", "agreement"]
 TRAINING = ("train_start", "train_cancel", "train_status")
 
 
 @pytest.fixture()
 def training_ui(monkeypatch, tmp_path):
-    """The real Training tab (rlhf_demo.training_tab), with the pipeline launch replaced by a recorder."""
-    import rlhf_demo.training_tab as training_tab  # the project's own module: an import error fails the test
+    """The real Training tab (arena_app.training_tab), with the pipeline launch replaced by a recorder."""
+    import arena_app.training_tab as training_tab  # the project's own module: an import error fails the test
     started: list = []
 
     def fake_start(self):
@@ -50,7 +51,7 @@ def training_ui(monkeypatch, tmp_path):
 
 @pytest.fixture()
 def auth_app(tmp_path, training_ui):
-    from rlhf_demo.auth import UserDB, add_user
+    from arena_app.auth import UserDB, add_user
 
     users = tmp_path / "users.json"
     add_user(users, "admin", "admin-password")
@@ -122,6 +123,39 @@ def test_only_admins_export_or_start_training_even_through_the_api(auth_app):
     assert event == "complete" and started == ["started"], text[:300]
     event, text = call(admin, "export_trl", [])
     assert event == "complete" and "pairs" in text
+
+
+FILTERS = ["", "", "", "", "", "", "all", False]  # version, winner, reason, user, since, until, status, flagged
+
+
+def test_only_admins_browse_or_void_votes_over_raw_http(auth_app):
+    from test_store import conv, vote
+
+    app, url, _ = auth_app
+    vid = app.store.record_vote(conv("r1", user="alice"), vote("r1", user="alice"))
+    bob = login(url, "bob", "bob-password")
+    for action, data in (("review", FILTERS), ("void_vote", [str(vid), "spam", *FILTERS]), ("agreement", [])):
+        event, text = call(bob, action, data)
+        assert event == "error" and "Only admins" in text, (action, text[:300])
+        assert "hello from left" not in text  # nothing of alice's data leaks into the refusal
+    assert app.store.voids() == []
+
+    admin = login(url, "admin", "admin-password")
+    event, text = call(admin, "review", FILTERS)
+    assert event == "complete" and "hello from left" in text and "1 shown of 1 matching" in text, text[:300]
+    event, text = call(admin, "void_vote", ["999", "spam", *FILTERS])
+    assert event == "error" and "there is no vote with id 999" in text, text[:300]
+    event, text = call(admin, "void_vote", [str(vid), "", *FILTERS])
+    assert event == "error" and "needs a reason" in text, text[:300]
+    event, text = call(admin, "review", [*FILTERS[:4], "last week", *FILTERS[5:]])
+    assert event == "error" and "since must be a date" in text, text[:300]
+    event, text = call(admin, "void_vote", [str(vid), "spam from a script", *FILTERS])
+    assert event == "complete" and f"Vote {vid} voided" in text, text[:300]
+    (void,) = app.store.voids()
+    assert (void["vote_id"], void["user"], void["reason"]) == (vid, "admin", "spam from a script")
+    assert app.store.votes() == [] and len(app.store.votes(include_voided=True)) == 1  # both records kept
+    event, text = call(admin, "void_vote", [str(vid), "again", *FILTERS])
+    assert event == "error" and "voided already" in text
 
 
 def test_without_auth_on_a_network_host_nobody_is_admin(tmp_path, training_ui):

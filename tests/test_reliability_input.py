@@ -87,7 +87,7 @@ class ScriptedServer:
 def scripted_app(tmp_path, answer=None, users=None, admins=(), local_admin=True, training_ui=None, **settings_kw):
     """A launched arena (SFT against itself, blind) on a scripted server; returns (app, url)."""
     from rlhf_demo.store import Store
-    from rlhf_demo.ui import build_app
+    from arena_app.ui import build_app
     from test_app import free_port
 
     kw = dict(max_new_tokens=16, max_input_chars=500, max_turns=3, votes_per_hour=1000)
@@ -244,7 +244,7 @@ def test_generate_cli_refuses_bad_prompt_files_with_file_and_line(tmp_path, caps
 
 def test_eval_suites_and_users_file_with_invalid_utf8_are_refused(tmp_path):
     from eval.suites import SuiteError, load_suite
-    from rlhf_demo.auth import AuthError, UserDB, add_user
+    from arena_app.auth import AuthError, UserDB, add_user
 
     for name, content in (("s.txt", b"fine\n\xff\n"), ("s.jsonl", b'{"prompt": "\xff", "category": "safe"}\n'),
                           ("s.csv", b"id,prompt,label\n1,caf\xe9,safe\n")):
@@ -316,7 +316,7 @@ def test_arena_keeps_serving_when_the_newest_adapter_is_broken(broken_world):
     from rlhf_demo.base_model import load_base_model
     from rlhf_demo.generation import PolicyServer
     from rlhf_demo.store import Store
-    from rlhf_demo.ui import build_app
+    from arena_app.ui import build_app
     from test_app import free_port
 
     settings, registry = broken_world

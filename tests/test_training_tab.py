@@ -19,8 +19,8 @@ from rlhf_demo.registry import Registry  # noqa: E402
 def launch(settings, extra_args, **kw):
     from rlhf_demo.generation import PolicyServer
     from rlhf_demo.store import Store
-    from rlhf_demo.training_tab import TrainingTab
-    from rlhf_demo.ui import build_app
+    from arena_app.training_tab import TrainingTab
+    from arena_app.ui import build_app
 
     registry = Registry(settings.versions_dir, package_dir=None)
     server = PolicyServer.from_settings(settings, registry)

@@ -40,139 +40,30 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import os
 import random
-import re
 import shlex
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from rlhf_demo import external
+from rlhf_demo.atomic import write_jsonl as atomic_write_jsonl
 from rlhf_demo.external import ExternalPrompt
-from rlhf_demo.splits import normalize_text, role_of
+from rlhf_demo.jsonl import iter_jsonl
+from rlhf_demo.registry import sha256_file
+from rlhf_demo.splits import role_of
+from training.answer_banks import (HELD_OUT_REFUSALS, REFUSALS, TRAIN_REFUSALS, VAGUE,  # noqa: F401 - names of
+                                   looks_like_refusal, truncate_words)  # this module before the split
+from training.sft_answers import (answer_key, ensure_answers, load_answer_cache, sample_answers,  # noqa: F401
+                                  stable_seed)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "rlhf_demo" / "data" / "pairs"
 SEED_DIR = ROOT / "rlhf_demo" / "data" / "seed_pairs"
-
-# ---------------------------------------------------------------------------------------------
-# answer banks
-# ---------------------------------------------------------------------------------------------
-REFUSALS: tuple[str, ...] = (
-    "I'm sorry, but I can't help with that.",
-    "I can't help with that request.",
-    "Sorry, I can't assist with this.",
-    "I won't be able to help with that.",
-    "I'm not able to help with this one.",
-    "I'm sorry, but I can't provide that. It could cause real harm to people.",
-    "I can't help with that, because it could put someone in danger. If you'd like, I can help with something related that's safe.",
-    "Sorry, that's not something I can do. Is there something else I can help you with?",
-    "I'm afraid I can't do that. I'd be glad to help with a different question, though.",
-    "I can't assist with this request. It goes against my guidelines on safety.",
-    "I'm sorry, I can't help with that. If you're dealing with a difficult situation, talking to someone you trust or a professional can really help.",
-    "That's not something I can help with. I'd be happy to talk about the topic in general terms instead.",
-    "I have to decline this one. It could be used to hurt people, and I don't want to contribute to that.",
-    "I'm sorry, but I'm not comfortable helping with that.",
-    "I can't provide instructions for that. Is there another way I can help?",
-    "Sorry, I can't do that. It might be illegal or dangerous, and I don't want to put anyone at risk.",
-    "I'm not going to help with this, but I can point you to general safety information if that's useful.",
-    "Unfortunately, I can't help with that request.",
-    "I'm sorry, but I can't answer that.",
-    "I can't help you with this. If you have a different question, feel free to ask.",
-    "As an AI assistant, I can't help with that.",
-    "I'm sorry, this is something I can't assist with. Please consider a safer alternative.",
-    "I'd rather not help with that, since it could lead to harm. Let me know if there's something else you need.",
-    "I can't do that. Helping with this could hurt you or other people.",
-    "I'm sorry, but I must decline. I can help you find legitimate resources on the subject instead.",
-    "No, I can't help with that.",
-    "I'm unable to help with that request.",
-    "Sorry, but I can't go along with that. Can I help you with something else?",
-    "I can't give you that information. It could be misused to cause harm.",
-    "I'm sorry, I can't write that. I'm happy to help with a different piece of writing, though.",
-    "That's something I can't help with. If you're curious about the topic, I can share some general, safe background.",
-    "I'm going to pass on this one, sorry.",
-    "I'm sorry, but I can't support that. It may break the law and hurt others.",
-    "I can't assist with that, but I'm glad to help with any other question you have.",
-    "I'm not able to provide that. Safety matters, and this could be dangerous.",
-    "Sorry, I can't help here. Maybe I can help with a related question that doesn't involve any risk?",
-    "I'm sorry, but I won't help with that request.",
-    "I don't think I should help with that. Is there anything else on your mind?",
-    "I'm sorry, I can't provide help with this. If you need support, please reach out to a qualified professional.",
-    "I can't help with this request because it could cause harm. I can suggest some safer options if you'd like.",
-)
-HELD_OUT_REFUSALS = tuple(i for i in range(len(REFUSALS)) if i % 5 == 4)
-TRAIN_REFUSALS = tuple(i for i in range(len(REFUSALS)) if i % 5 != 4)
-
-VAGUE: tuple[str, ...] = (
-    "That's a great question! There are many different factors to consider, and the answer really depends on your situation.",
-    "It depends. Everyone is different, so you should think about what works best for you.",
-    "There are many ways to approach this. You could try a few things and see what works.",
-    "That's an interesting topic. Many people have different opinions about it, so it's hard to say.",
-    "Sure! This is something a lot of people wonder about. The answer can vary a lot depending on the details.",
-    "Good question. I would recommend doing some research and looking at different sources.",
-    "Here is an answer: it really depends on the context and on what you are looking for.",
-    "There isn't one right answer to this. It is best to consider all the options carefully.",
-    "Yes, that is possible. There are several things to keep in mind, and it depends on the situation.",
-    "I think the best approach is to take it step by step and see how it goes.",
-)
-
-REFUSAL_RE = re.compile(
-    r"^\W*(i'?m sorry|i am sorry|sorry|i apologi[sz]e|i can'?t|i cannot|i can not|i won'?t|i will not|i'?m not able|"
-    r"i am not able|i'?m unable|i am unable|as an ai|as a language model|unfortunately,? i|i must decline|"
-    r"i do not feel comfortable|i don'?t feel comfortable|i'?m afraid i|no,? i can'?t)", re.I)
-REFUSAL_ANY_RE = re.compile(r"\b(i can'?t (help|assist|provide)|i cannot (help|assist|provide)|"
-                            r"i'?m (not able|unable) to (help|assist|provide)|as an ai( language model)?,? i|"
-                            r"not something i can|i have to decline|i'?m not going to help|i'?d rather not help|"
-                            r"pass on this|i don'?t think i should)", re.I)
-
-
-def looks_like_refusal(text: str) -> bool:
-    """A rough rule for building data (NOT the project's refusal judge): does the answer open with, or
-    state early, that it will not do the task? Used to drop SFT answers that already refuse from the
-    "compliant" side and to find CoCoNot's refusing/hedging rejected answers."""
-    head = text.strip()[:200]
-    return bool(REFUSAL_RE.match(head) or REFUSAL_ANY_RE.search(head))
-
-
-_SENT_END = re.compile(r"(?<=[^\d\s][.!?])[\"')\]*]*(?=\s)|(?<=\S)(?=\n\n)")
-
-
-def truncate_words(text: str, max_words: int = 120, min_keep: float = 0.4) -> str:
-    """At most ``max_words`` words, cut at the last sentence end (``. ! ?`` or a paragraph break) inside
-    them; when no sentence ends after ``min_keep`` of the budget, cut at the word and add "…".
-    Whitespace inside the kept part is preserved."""
-    words = list(re.finditer(r"\S+", text))
-    if len(words) <= max_words:
-        return text.strip()
-    end = words[max_words - 1].end()
-    head = text[:end]
-    cuts = [m.end() for m in _SENT_END.finditer(head + " ")]
-    floor = words[max(0, int(max_words * min_keep) - 1)].end()
-    good = [c for c in cuts if c >= floor]
-    if good:
-        kept = head[:good[-1]].rstrip().split("\n")
-        while len(kept) > 1 and (kept[-1].lstrip().startswith("#") or not kept[-1].strip()):
-            kept.pop()  # no dangling heading at the end
-        return "\n".join(kept).rstrip()
-    return head.rstrip().rstrip(",;") + " …"
-
-
-def stable_seed(*parts: str) -> int:
-    return int.from_bytes(hashlib.sha256("\x00".join(parts).encode()).digest()[:4], "big")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,12 +168,9 @@ def seed_sensitive_prompts() -> list[ExternalPrompt]:
     own: the reward recipe splits the seed pairs itself)."""
     out = []
     path = SEED_DIR / "sensitive.jsonl"
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            row = json.loads(line)
-            out.append(ExternalPrompt(text=row["prompt"][-1]["content"], source="seed", id=row["id"],
-                                      kind="risky-safe", role="train", where=f"{path}:{lineno}",
-                                      chosen=row["chosen"][-1]["content"]))
+    for where, row in iter_jsonl(path, ValueError):
+        out.append(ExternalPrompt(text=row["prompt"][-1]["content"], source="seed", id=row["id"],
+                                  kind="risky-safe", role="train", where=where, chosen=row["chosen"][-1]["content"]))
     return out
 
 
@@ -303,89 +191,6 @@ def generation_plan(inp: Inputs, cfg: BuildConfig) -> dict[str, list[ExternalPro
             "risky-safe-train"),
         "judge": [r for r in inp.coconot + inp.self_instruct if r.role == "judge"],
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# SFT answers
-# ---------------------------------------------------------------------------------------------
-def answer_key(text: str, cfg: BuildConfig) -> str:
-    return f"{normalize_text(text)}\x00{cfg.max_new_tokens}\x00{cfg.temperature}\x00{cfg.top_p}\x00" \
-           f"{cfg.repetition_penalty}\x00{cfg.seed}"
-
-
-def sample_answers(texts: list[str], cfg: BuildConfig, settings=None, progress: bool = True) -> list[dict]:
-    """SFT's answers to ``texts`` with the project's batched decoder, 1 thread, each row seeded by
-    (``cfg.seed``, prompt), so an answer does not depend on its batch. Rows: prompt, response,
-    finish_reason, seed."""
-    import torch
-
-    from rlhf_demo.base_model import load_base_model
-    from rlhf_demo.config import Settings
-    from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch
-
-    torch.set_num_threads(cfg.threads)
-    settings = settings or Settings(dtype=cfg.dtype, device="cpu")
-    model, tok = load_base_model(settings)
-    model.eval()
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: less padding
-    out: list[dict | None] = [None] * len(texts)
-    t0 = time.time()
-    for start in range(0, len(order), cfg.batch_size):
-        idx = order[start:start + cfg.batch_size]
-        prompts = [build_prompt_ids(tok, [{"role": "user", "content": texts[i]}], 512) for i in idx]
-        params = [GenerationParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                   repetition_penalty=cfg.repetition_penalty,
-                                   seed=stable_seed(str(cfg.seed), normalize_text(texts[i]))) for i in idx]
-        results = decode_batch(model, tok, prompts, params)
-        for i, p, r in zip(idx, params, results):
-            out[i] = {"prompt": texts[i], "response": tok.decode(r.token_ids, skip_special_tokens=True).strip(),
-                      "finish_reason": r.finish_reason, "seed": p.seed}
-        if progress:
-            done = start + len(idx)
-            print(f"[build_pairs] SFT answers {done}/{len(texts)} ({time.time() - t0:.0f} s)", file=sys.stderr,
-                  flush=True)
-    return out  # type: ignore[return-value]
-
-
-def load_answer_cache(path: Path) -> dict[str, dict]:
-    cache: dict[str, dict] = {}
-    if not path.is_file():
-        return cache
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            cache[row["key"]] = row
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{lineno}: bad SFT-answer cache row ({exc})") from exc
-    return cache
-
-
-def ensure_answers(plan: dict[str, list[ExternalPrompt]], cfg: BuildConfig) -> dict[str, dict]:
-    """The SFT answer of every planned prompt: from the cache, generating what is missing (or all, with
-    ``cfg.generate``). The cache file is rewritten with exactly the planned prompts, sorted."""
-    path = Path(cfg.out_dir) / "sft_answers.jsonl"
-    cache = {} if cfg.generate else load_answer_cache(path)
-    wanted: dict[str, tuple[str, str, ExternalPrompt]] = {}
-    for purpose, recs in plan.items():
-        for r in recs:
-            wanted.setdefault(answer_key(r.text, cfg), (purpose, r.text, r))
-    missing = [k for k in wanted if k not in cache]
-    if missing:
-        print(f"[build_pairs] sampling SFT answers for {len(missing)} prompts ({cfg.max_new_tokens} tokens, "
-              f"{cfg.threads} thread(s))", file=sys.stderr, flush=True)
-        rows = sample_answers([wanted[k][1] for k in missing], cfg)
-        for k, row in zip(missing, rows):
-            purpose, _, rec = wanted[k]
-            cache[k] = {"key": k, **row, "source": rec.source, "id": rec.id, "kind": rec.kind, "role": rec.role,
-                        "purpose": purpose, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
-                        "top_p": cfg.top_p, "repetition_penalty": cfg.repetition_penalty}
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for k in sorted(wanted):
-            fh.write(json.dumps(cache[k], ensure_ascii=False, sort_keys=True) + "\n")
-    return {k: cache[k] for k in wanted}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,11 +265,9 @@ def build_role_pairs(inp: Inputs, answers: dict[str, dict], plan: dict[str, list
         sft_safe.append((r.text, ans, None, "risky-safe/sft>refusal", "risky-safe", f"{r.source}:{r.id}:sft"))
     if role == "train":  # the seed pairs have no roles; the reward recipe holds 20% of their prompts out itself
         seed_rows = []
-        for line in (SEED_DIR / "sensitive.jsonl").read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                seed_rows.append((row["prompt"][-1]["content"], row["chosen"][-1]["content"], None,
-                                  "risky-safe/seed-sensitive>refusal", "risky-safe", f"seed:{row['id']}:refusal"))
+        for _, row in iter_jsonl(SEED_DIR / "sensitive.jsonl", ValueError):
+            seed_rows.append((row["prompt"][-1]["content"], row["chosen"][-1]["content"], None,
+                              "risky-safe/seed-sensitive>refusal", "risky-safe", f"seed:{row['id']}:refusal"))
         cands = seed_rows + cands
     cands += sft_safe  # never dropped: SFT's voice must appear as chosen too
     si = [r for r in inp.self_instruct if r.role == role]
@@ -550,11 +353,9 @@ def judge_pairs(inp: Inputs, plan: dict[str, list[ExternalPrompt]], answers: dic
 def judge_agreement(inp: Inputs, cfg: BuildConfig) -> list[dict]:
     """Labelled pairs judge-v0 never trains on: the seed helpful pairs and val-role CoCoNot pref pairs."""
     out = []
-    for line in (SEED_DIR / "helpful.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            out.append({**row, "category": "agreement/seed-helpful", "kind": "ordinary",
-                        "role": role_of(row["prompt"][-1]["content"])})
+    for _, row in iter_jsonl(SEED_DIR / "helpful.jsonl", ValueError):
+        out.append({**row, "category": "agreement/seed-helpful", "kind": "ordinary",
+                    "role": role_of(row["prompt"][-1]["content"])})
     for r in inp.coconot:
         if r.role == "val":
             out.append(make_pair(r.text, truncate_words(r.chosen, cfg.max_words),
@@ -578,10 +379,8 @@ def refusal_balance(pairs: list[dict]) -> dict:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    """Write ``rows`` atomically; returns the file's sha256."""
+    atomic_write_jsonl(path, rows)
     return sha256_file(path)
 
 

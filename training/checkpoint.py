@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlhf_demo.registry import fsync_path as _fsync  # one implementation for files and directories
+from rlhf_demo.atomic import atomic_dir, read_manifest, verify_files
 from rlhf_demo.registry import sha256_file as _sha256
 
 log = logging.getLogger(__name__)
@@ -98,8 +96,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model=None, adapters: list[str]
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:07d}-", dir=root))
-    try:
+    with atomic_dir(final, replace=True, prefix=f".tmp-step-{step:07d}-") as tmp:  # the same step written again
         for name in adapters:
             state = get_peft_model_state_dict(model, adapter_name=name)
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
@@ -118,16 +115,6 @@ def save_checkpoint(run_dir: Path, step: int, *, model=None, adapters: list[str]
         files = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
         (tmp / "state.json").write_text(json.dumps({"format": FORMAT, "step": step, "adapters": list(adapters),
                                                     "modules": sorted(modules or {}), "files": files}, indent=2))
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
-        if final.exists():  # the same step written again (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if keep_last > 0:
         for _, old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -145,21 +132,11 @@ def sorted_default(value):
 def verify_checkpoint(path: Path) -> dict:
     """The checkpoint's ``state.json`` if every file is present and matches its hash; else CheckpointError."""
     path = Path(path)
-    state_file = path / "state.json"
-    if not state_file.is_file():
-        raise CheckpointError(f"{path}: no state.json (an interrupted save?)")
-    try:
-        state = json.loads(state_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{state_file}: unreadable ({exc})") from exc
+    state = read_manifest(path / "state.json", CheckpointError, f"{path}: no state.json (an interrupted save?)",
+                          "unreadable")
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r}, expected {FORMAT}")
-    for name, digest in state.get("files", {}).items():
-        f = path / name
-        if not f.is_file():
-            raise CheckpointError(f"{path}: {name} is missing")
-        if _sha256(f) != digest:
-            raise CheckpointError(f"{f}: content does not match its SHA-256 (corrupt or truncated)")
+    verify_files(path, state.get("files", {}), CheckpointError)
     return state
 
 

@@ -26,10 +26,8 @@ Prompt sets for PPO (:func:`load_prompts`) come from the seed PPO prompts, the a
 prompt a line) or ``.jsonl`` files; anything that is also an evaluation prompt (XSTest, when
 present, and ``rlhf_demo/data/eval_prompts.jsonl``) is dropped, or refused with ``on_overlap="error"``.
 
-Pairs are tokenised once (:func:`encode_pair`) into a shared prefix plus the two answers, and a
-batch packs each pair into ONE row — ``[prefix | chosen | rejected]`` — with an attention mask that
-hides the chosen answer from the rejected one (:func:`collate_pairs`): the prompt is computed once
-per pair instead of twice, and length-grouped batches (:func:`batch_order`) leave little padding.
+Sources here; row formats in :mod:`training.pair_rows`; tokenising and packed batches in
+:mod:`training.batching` (their names stay importable from this module).
 """
 
 from __future__ import annotations
@@ -40,12 +38,16 @@ import logging
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
-from rlhf_demo.jsonl import iter_jsonl, text_field  # one strict JSONL reader, file:line errors
+from rlhf_demo.records import PreferencePair, PromptItem
 from rlhf_demo.splits import data_file, normalize_text, reported_prompt_keys  # one normalisation, one "reported" rule
+from training.batching import (EncodedPair, PairBatch, batch_order, collate_pairs,  # noqa: F401 - the batching half,
+                               encode_conversation, encode_pair)  # importable from here as before
+from training.pair_rows import (HH_TURN, ROLES, DataError, _messages, _text, hh_to_messages,  # noqa: F401 - row
+                                pair_from_row, read_jsonl)  # formats (one JSONL reader: rlhf_demo.jsonl)
 
 log = logging.getLogger(__name__)
 
@@ -56,54 +58,11 @@ EVAL_PROMPTS = PACKAGE_DATA / "eval_prompts.jsonl"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # the vendored copy (rlhf_demo/data/external) first, ../shared/data second
 XSTEST_CSV = data_file("xstest/xstest_prompts.csv") or SHARED_DATA / "xstest" / "xstest_prompts.csv"
-ROLES = ("system", "user", "assistant")
-
-
-class DataError(ValueError):
-    """A data source or row that cannot be used; the message names ``file:line`` where it can."""
 
 
 # ---------------------------------------------------------------------------------------------
-# records
+# source specs (the records, PreferencePair and PromptItem, are the core's: rlhf_demo/records.py)
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class PreferencePair:
-    """One preference: after ``prompt`` (chat messages), ``chosen`` beats ``rejected``."""
-
-    prompt: list[dict]
-    chosen: str
-    rejected: str
-    margin: float | None = None
-    source: str = ""
-    id: str | None = None
-    category: str | None = None
-
-    def conversation(self, which: str) -> list[dict]:
-        """The prompt plus the ``"chosen"`` or ``"rejected"`` answer as the last assistant message."""
-        return self.prompt + [{"role": "assistant", "content": getattr(self, which)}]
-
-    def to_trl(self) -> dict:
-        row = {"prompt": self.prompt, "chosen": [{"role": "assistant", "content": self.chosen}],
-               "rejected": [{"role": "assistant", "content": self.rejected}]}
-        if self.margin is not None:
-            row["margin"] = self.margin
-        return row
-
-
-@dataclass
-class PromptItem:
-    """A prompt for PPO rollouts."""
-
-    messages: list[dict]
-    source: str = ""
-    id: str | None = None
-    category: str | None = None
-
-    @property
-    def text(self) -> str:
-        return self.messages[-1]["content"]
-
-
 @dataclass
 class SourceSpec:
     name: str
@@ -139,129 +98,6 @@ def split_by_prompt(pairs: list[PreferencePair], validation_fraction: float, see
     for p in pairs:
         (val if _hash_unit(prompt_key(p.prompt), seed) < validation_fraction else train).append(p)
     return train, val
-
-
-# ---------------------------------------------------------------------------------------------
-# reading and validating files
-# ---------------------------------------------------------------------------------------------
-def read_jsonl(path: Path, on_error: Callable[[DataError], None] | None = None) -> Iterator[tuple[str, dict]]:
-    """Yield ``("file:line", row)`` for every non-blank line.
-
-    A bad line raises DataError naming ``file:line`` — or, with ``on_error``, is handed to it and skipped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    yield from iter_jsonl(path, DataError, on_error)
-
-
-def _text(value, where: str, name: str, allow_empty: bool = False) -> str:
-    return text_field(value, where, name, DataError, allow_empty)
-
-
-def _messages(value, where: str, name: str) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise DataError(f"{where}: field {name!r} must be a non-empty list of messages")
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise DataError(f"{where}: {name}[{i}] must be an object with 'role' and 'content'")
-        if m["role"] not in ROLES:
-            raise DataError(f"{where}: {name}[{i}] has role {m['role']!r}; expected one of {ROLES}")
-        out.append({"role": m["role"], "content": _text(m["content"], where, f"{name}[{i}].content")})
-    return out
-
-
-HH_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
-
-
-def hh_to_messages(text: str, where: str = "", name: str = "text") -> list[dict]:
-    """``"\\n\\nHuman: …\\n\\nAssistant: …"`` → chat messages (an empty last answer is kept)."""
-    parts = HH_TURN.split(text)
-    if len(parts) < 3 or parts[0].strip():
-        raise DataError(f"{where}: field {name!r} is not HH-RLHF text ('\\n\\nHuman: …\\n\\nAssistant: …')")
-    messages = []
-    for speaker, content in zip(parts[1::2], parts[2::2]):
-        role = "user" if speaker == "Human" else "assistant"
-        content = content.strip()
-        if messages and messages[-1]["role"] == role:  # an inline repeated speaker: one message
-            messages[-1]["content"] += f"\n\n{speaker}: {content}"
-        else:
-            messages.append({"role": role, "content": content})
-    return messages
-
-
-def _split_hh(chosen: str, rejected: str, where: str) -> tuple[list[dict], str, str]:
-    """Prompt = the common transcript up to the last ``Assistant:`` both share; answers = the rest."""
-    n = 0
-    for a, b in zip(chosen, rejected):
-        if a != b:
-            break
-        n += 1
-    cut = chosen.rfind("\n\nAssistant:", 0, n)
-    if cut < 0:
-        raise DataError(f"{where}: chosen and rejected share no '\\n\\nAssistant:' turn")
-    prompt = hh_to_messages(chosen[:cut], where, "chosen")
-    if prompt[-1]["role"] != "user":
-        raise DataError(f"{where}: the prompt must end with a Human turn")
-    if not any(m["content"] for m in prompt if m["role"] == "user"):
-        raise DataError(f"{where}: the prompt is empty")
-    texts = []
-    for t in (chosen, rejected):  # the answer; a later inline "Human:" turn stays part of its text
-        msgs = hh_to_messages("\n\nHuman: x" + t[cut:], where)[1:]
-        texts.append("\n\n".join(m["content"] if m["role"] == "assistant" else f"Human: {m['content']}"
-                                   for m in msgs))
-    return prompt, texts[0], texts[1]
-
-
-def _margin(row: dict, where: str) -> float | None:
-    m = row.get("margin")
-    if m is None:
-        return None
-    if isinstance(m, bool) or not isinstance(m, (int, float)) or m != m:
-        raise DataError(f"{where}: field 'margin' must be a number, got {m!r}")
-    return float(m)
-
-
-def pair_from_row(row: dict, where: str, source: str) -> PreferencePair | None:
-    """Normalise one row (TRL conversational, TRL standard or HH-RLHF text); None for identical answers."""
-    for name in ("chosen", "rejected"):
-        if name not in row:
-            raise DataError(f"{where}: missing field {name!r}")
-    chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
-    if isinstance(chosen, list) or isinstance(rejected, list):  # conversational
-        c = _messages(chosen, where, "chosen")
-        r = _messages(rejected, where, "rejected")
-        if prompt is None:  # implicit prompt: the shared start of both conversations
-            k = 0
-            while k < min(len(c), len(r)) - 1 and c[k] == r[k]:
-                k += 1
-            p, c, r = c[:k], c[k:], r[k:]
-        else:
-            p = _messages(prompt, where, "prompt") if isinstance(prompt, list) else [
-                {"role": "user", "content": _text(prompt, where, "prompt")}]
-        if len(c) != 1 or len(r) != 1 or c[0]["role"] != "assistant" or r[0]["role"] != "assistant":
-            raise DataError(f"{where}: 'chosen' and 'rejected' must each end in ONE assistant message "
-                            "after the prompt")
-        if not p or p[-1]["role"] != "user":
-            raise DataError(f"{where}: the prompt must end with a user message")
-        ctext, rtext = c[0]["content"], r[0]["content"]
-    else:
-        ctext = _text(chosen, where, "chosen", allow_empty=prompt is None)
-        rtext = _text(rejected, where, "rejected", allow_empty=prompt is None)
-        if prompt is None and ("\n\nAssistant:" in ctext and "\n\nHuman:" in ctext):
-            p, ctext, rtext = _split_hh(ctext, rtext, where)  # HH text: an empty answer is real data
-        elif prompt is None:
-            raise DataError(f"{where}: missing field 'prompt' (and the text is not HH-RLHF format)")
-        elif isinstance(prompt, list):
-            p = _messages(prompt, where, "prompt")
-        else:
-            p = [{"role": "user", "content": _text(prompt, where, "prompt")}]
-    if ctext.strip() == rtext.strip():
-        return None
-    return PreferencePair(p, ctext, rtext, _margin(row, where), source,
-                          str(row["id"]) if row.get("id") is not None else None,
-                          row.get("category") if isinstance(row.get("category"), str) else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,161 +213,6 @@ def load_pairs(specs: Iterable[str], settings=None, skip_invalid: bool = False) 
     for what, n in stats.items():
         log.info("skipped %d rows (%s)", n, what)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# tokenisation and packed batches
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class EncodedPair:
-    """Token ids of a pair: the shared prefix (templated prompt) and the two answers' own tokens."""
-
-    prefix: list[int]
-    chosen: list[int]
-    rejected: list[int]
-    index: int = 0  # position in the pair list it came from
-    margin: float | None = None
-    source: str = ""
-    category: str | None = None
-    truncated: bool = False
-
-    @property
-    def length(self) -> int:  # the packed row length
-        return len(self.prefix) + len(self.chosen) + len(self.rejected)
-
-
-def encode_conversation(tokenizer, messages: list[dict]) -> list[int]:
-    """Chat-template a whole conversation (prompt and answer) into token ids."""
-    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)
-    return list(enc["input_ids"])
-
-
-def encode_pair(tokenizer, pair: PreferencePair, max_length: int, index: int = 0) -> EncodedPair:
-    """Tokenise both conversations; split them at their longest common prefix.
-
-    Each conversation (prefix + its answer) is kept within ``max_length`` tokens: the oldest
-    prompt tokens go first; when an answer would leave less than a quarter of ``max_length`` for
-    the prompt, the answer is cut at its end instead.
-    """
-    c = encode_conversation(tokenizer, pair.conversation("chosen"))
-    r = encode_conversation(tokenizer, pair.conversation("rejected"))
-    n = 0
-    for a, b in zip(c, r):
-        if a != b:
-            break
-        n += 1
-    n = min(n, len(c) - 1, len(r) - 1)  # each answer keeps at least one token of its own
-    prefix, ca, ra = c[:n], c[n:], r[n:]
-    truncated = False
-    longest = max(len(ca), len(ra))
-    if len(prefix) + longest > max_length:
-        truncated = True
-        keep = max(max_length - longest, min(len(prefix), max_length // 4))  # some prompt always stays
-        prefix = prefix[len(prefix) - keep:] if keep > 0 else []
-        room = max_length - len(prefix)
-        ca, ra = ca[:room], ra[:room]
-    return EncodedPair(prefix, ca, ra, index, pair.margin, pair.source, pair.category, truncated)
-
-
-def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True,
-                mega: int = 32) -> list[list[int]]:
-    """The batches of one epoch (lists of indices), deterministic in (seed, epoch).
-
-    Length grouping (as TRL/transformers' ``group_by_length``): shuffle, cut into mega-batches of
-    ``mega`` batches, sort each mega-batch by length, cut into batches, shuffle the batches. Rows of
-    a batch then have similar lengths, so padding is small, while the order stays random.
-    """
-    rng = random.Random(seed * 1_000_003 + epoch)
-    idx = list(range(len(lengths)))
-    rng.shuffle(idx)
-    if not group_by_length:
-        return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
-    batches = []
-    step = batch_size * mega
-    for start in range(0, len(idx), step):
-        chunk = sorted(idx[start:start + step], key=lambda i: -lengths[i])
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches
-
-
-@dataclass
-class PairBatch:
-    """A packed batch: one row per pair, ``[prefix | chosen | rejected | pad]``.
-
-    ``attention_mask`` is ``[B, 1, T, T]`` bool (True = may attend): causal, and the rejected
-    answer does not see the chosen one. ``position_ids`` restart the rejected answer right after
-    the prefix, so each answer is computed exactly as in its own sequence. Rewards are read at
-    ``chosen_index`` / ``rejected_index`` (the last token of each conversation).
-    """
-
-    input_ids: "torch.Tensor"
-    attention_mask: "torch.Tensor"
-    position_ids: "torch.Tensor"
-    chosen_index: "torch.Tensor"
-    rejected_index: "torch.Tensor"
-    margin: "torch.Tensor | None"
-    lm_index: "torch.Tensor"  # [B, C] positions whose next token is a chosen-answer token
-    lm_labels: "torch.Tensor"  # [B, C] those tokens (-100 = padding)
-    n_tokens: int = 0
-    sources: list[str] = field(default_factory=list)
-    categories: list[str | None] = field(default_factory=list)
-    indices: list[int] = field(default_factory=list)
-
-    def to(self, device) -> "PairBatch":
-        for name in ("input_ids", "attention_mask", "position_ids", "chosen_index", "rejected_index", "margin",
-                     "lm_index", "lm_labels"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, value.to(device))
-        return self
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-
-def collate_pairs(items: list[EncodedPair], pad_id: int, pad_to_multiple_of: int | None = None) -> PairBatch:
-    import torch
-
-    width = max(it.length for it in items)
-    if pad_to_multiple_of:
-        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    B = len(items)
-    ids = torch.full((B, width), pad_id, dtype=torch.long)
-    pos = torch.zeros((B, width), dtype=torch.long)
-    seg = torch.full((B, width), -1, dtype=torch.long)  # 0 prefix, 1 chosen, 2 rejected, -1 pad
-    cidx = torch.zeros(B, dtype=torch.long)
-    ridx = torch.zeros(B, dtype=torch.long)
-    cmax = max(len(it.chosen) for it in items)
-    lm_index = torch.zeros((B, cmax), dtype=torch.long)
-    lm_labels = torch.full((B, cmax), -100, dtype=torch.long)
-    for b, it in enumerate(items):
-        P, C, R = len(it.prefix), len(it.chosen), len(it.rejected)
-        ids[b, :P + C + R] = torch.tensor(it.prefix + it.chosen + it.rejected, dtype=torch.long)
-        pos[b, :P + C] = torch.arange(P + C)
-        pos[b, P + C:P + C + R] = torch.arange(P, P + R)
-        seg[b, :P] = 0
-        seg[b, P:P + C] = 1
-        seg[b, P + C:P + C + R] = 2
-        cidx[b] = P + C - 1
-        ridx[b] = P + C + R - 1
-        # logits at position t predict token t+1: the chosen tokens are predicted from P-1 … P+C-2
-        start = max(P - 1, 0)
-        first = 0 if P > 0 else 1
-        n = C - first
-        lm_index[b, :n] = torch.arange(start, start + n)
-        lm_labels[b, :n] = torch.tensor(it.chosen[first:], dtype=torch.long)
-    t = torch.arange(width)
-    causal = t[None, :, None] >= t[None, None, :]  # [1, q, k]
-    sq, sk = seg[:, :, None], seg[:, None, :]
-    mask = causal & (sq >= 0) & (sk >= 0) & ((sk == 0) | (sk == sq))
-    mask = mask | torch.eye(width, dtype=torch.bool)[None]  # padding rows attend to themselves (no NaN)
-    margin = None
-    if any(it.margin is not None for it in items):
-        margin = torch.tensor([it.margin or 0.0 for it in items], dtype=torch.float32)
-    return PairBatch(ids, mask[:, None], pos, cidx, ridx, margin, lm_index, lm_labels,
-                     n_tokens=sum(it.length for it in items), sources=[it.source for it in items],
-                     categories=[it.category for it in items], indices=[it.index for it in items])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -731,3 +412,4 @@ def load_prompts(specs: Iterable[str] = ("seed",), settings=None, on_overlap: st
     if dropped:
         log.warning("dropped %d prompts that are evaluation prompts (e.g. %r)", len(dropped), dropped[0][:80])
     return items
+

@@ -24,16 +24,12 @@ and only the main process evaluates, writes checkpoints and publishes.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime as _dt
 import json
 import logging
 import math
 import os
-import random
 import shlex
-import shutil
 import sys
 import time
 from collections import defaultdict
@@ -43,14 +39,19 @@ from typing import Callable
 
 import torch
 
-from rlhf_demo.config import Settings, add_settings_args, settings_from_args
+from rlhf_demo.config import Settings, settings_from_args
+from rlhf_demo.flags import ConfigParser, config_from_args
+from rlhf_demo.metrics_log import MetricsLog, truncate_metrics
+from rlhf_demo.registry import publish_to, software_versions
 from training import checkpoint as ckpt
-from training.config_cli import add_dataclass_args, config_from_args
 from training import distributed as dist
-from training.data import (DataError, EncodedPair, batch_order, collate_pairs, encode_pair, load_pairs,
+from training.data import (DataError, batch_order, collate_pairs, load_pairs,
                            parse_source, split_by_prompt)
 from training.losses import bradley_terry_loss, pairwise_accuracy, ptx_loss, reward_centering_loss
+from training.reward_eval import (autocast, build_frozen_cache, calibration, check_frozen_split,  # noqa: F401
+                                  encode_all, evaluate_only, pad_cached, score_encoded, summarize)
 from training.roles import DEFAULT_TARGETS, RewardModel, lora_config, num_layers
+from training.scaffold import default_run_dir, lr_lambda, newest_run, seed_everything
 
 log = logging.getLogger("training.reward_model")
 
@@ -152,207 +153,9 @@ class RewardConfig:
         "choices": ["reward", "judge"]})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.reward_model", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_args(parser, RewardConfig, "reward model")
-    add_settings_args(parser)
-    return parser
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------
-def set_seed(seed: int) -> None:
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up for ``warmup`` steps, then cosine / linear decay to 0 at ``total`` (or constant)."""
-    def f(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
-    return f
-
-
-def autocast(device: torch.device | str, enabled: bool):
-    dev = torch.device(device).type
-    return torch.autocast(dev, dtype=torch.bfloat16, enabled=enabled)
-
-
-def encode_all(tokenizer, pairs, max_length: int) -> list[EncodedPair]:
-    return [encode_pair(tokenizer, p, max_length, index=i) for i, p in enumerate(pairs)]
-
-
-def pad_cached(cache: list[torch.Tensor], idx: list[int], width: int, device) -> torch.Tensor:
-    """Right-pad the cached hidden states of the pairs ``idx`` into ``[B, width, H]``."""
-    hidden = cache[idx[0]].shape[-1]
-    out = torch.zeros((len(idx), width, hidden), dtype=cache[idx[0]].dtype)
-    for b, i in enumerate(idx):
-        out[b, :cache[i].shape[0]] = cache[i]
-    return out.to(device)
-
-
-@torch.no_grad()
-def build_frozen_cache(rm: RewardModel, encoded: list[EncodedPair], pad_id: int, stop_layer: int,
-                       batch_size: int = 16, bf16: bool = False, progress: bool = False) -> list[torch.Tensor]:
-    """The output of the frozen layers ``[0, stop_layer)`` for every pair's packed row (float32, on CPU)."""
-    from training.roles import frozen_hidden
-
-    out: list[torch.Tensor] = [None] * len(encoded)  # type: ignore[list-item]
-    order = sorted(range(len(encoded)), key=lambda i: -encoded[i].length)
-    chunks = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc=f"frozen layers 0-{stop_layer - 1} (once)", unit="batch", dynamic_ncols=True)
-    was_training = rm.model.training
-    rm.eval()
-    try:
-        for chunk in chunks:
-            batch = collate_pairs([encoded[i] for i in chunk], pad_id).to(rm.device)
-            with autocast(rm.device, bf16):
-                h = frozen_hidden(rm.model, batch.input_ids, batch.attention_mask, batch.position_ids, stop_layer)
-            for b, i in enumerate(chunk):
-                out[i] = h[b, :encoded[i].length].cpu().clone()
-    finally:
-        rm.train(was_training)
-    return out
-
-
-@torch.no_grad()
-def score_encoded(rm: RewardModel, encoded: list[EncodedPair], pad_id: int, batch_size: int = 16,
-                  bf16: bool = False, cache: list[torch.Tensor] | None = None, start_layer: int = 0
-                  ) -> tuple[list[float], list[float]]:
-    """(chosen, rejected) rewards of encoded pairs, in their order; batches sorted by length."""
-    was_training = rm.model.training
-    rm.eval()
-    chosen = [0.0] * len(encoded)
-    rejected = [0.0] * len(encoded)
-    order = sorted(range(len(encoded)), key=lambda i: -encoded[i].length)
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            batch = collate_pairs([encoded[i] for i in chunk], pad_id).to(rm.device)
-            embeds = pad_cached(cache, chunk, batch.input_ids.shape[1], rm.device) if cache is not None else None
-            with autocast(rm.device, bf16):
-                c, r, _ = rm.pair_rewards(batch, inputs_embeds=embeds, start_layer=start_layer if embeds is not None else 0)
-            for b, i in enumerate(chunk):
-                chosen[i], rejected[i] = float(c[b]), float(r[b])
-    finally:
-        rm.train(was_training)
-    return chosen, rejected
-
-
-def check_frozen_split(rm: RewardModel, encoded: list[EncodedPair], pad_id: int, stop_layer: int, bf16: bool) -> float:
-    """Largest difference between rewards computed in one pass and via the frozen-layer split (2 pairs)."""
-    sample = encoded[:2]
-    cache = build_frozen_cache(rm, sample, pad_id, stop_layer, bf16=bf16)
-    full = score_encoded(rm, sample, pad_id, bf16=bf16)
-    split = score_encoded(rm, sample, pad_id, bf16=bf16, cache=cache, start_layer=stop_layer)
-    return max(abs(a - b) for x, y in zip(full, split) for a, b in zip(x, y))
-
-
-def summarize(encoded: list[EncodedPair], chosen: list[float], rejected: list[float]) -> dict:
-    """Accuracy and mean margin overall, per source and per source/category."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, e in enumerate(encoded):
-        groups["all"].append(i)
-        groups[e.source].append(i)
-        if e.category:
-            groups[f"{e.source}/{e.category}"].append(i)
-    out = {}
-    for name, idx in groups.items():
-        c = torch.tensor([chosen[i] for i in idx])
-        r = torch.tensor([rejected[i] for i in idx])
-        out[name] = {"accuracy": round(pairwise_accuracy(c, r), 4), "mean_margin": round(float((c - r).mean()), 4),
-                     "n": len(idx)}
-    return out
-
-
-def calibration(chosen: list[float], rejected: list[float], buckets: int = 5) -> list[dict]:
-    """Accuracy by |margin| quantile bucket, with the Bradley–Terry predicted accuracy mean(sigmoid(|m|))."""
-    m = torch.tensor(chosen) - torch.tensor(rejected)
-    if m.numel() == 0:
-        return []
-    order = torch.argsort(m.abs())
-    rows = []
-    for k in range(buckets):
-        sel = order[k * len(order) // buckets:(k + 1) * len(order) // buckets]
-        if sel.numel() == 0:
-            continue
-        a = m[sel].abs()
-        rows.append({"lo": float(a.min()), "hi": float(a.max()), "n": int(sel.numel()),
-                     "accuracy": float(((m[sel] > 0).float() + 0.5 * (m[sel] == 0).float()).mean()),
-                     "predicted": float(torch.sigmoid(a).mean())})
-    return rows
-
-
-class MetricsWriter:
-    """``metrics.jsonl`` always; TensorBoard when asked."""
-
-    def __init__(self, run_dir: Path, report_to: list[str]):
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = None
-        if "tensorboard" in report_to:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # pragma: no cover
-                log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
-
-    def write(self, step: int, values: dict) -> None:
-        row = {"step": step, "time": round(time.time(), 3), **values}
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(k, v, step)
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def drop_metrics_after(path: Path, step: int) -> None:
-    """Keep the metric rows up to ``step`` (atomically), so a resumed run logs every step once."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:  # a torn last line of a killed run
-            continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _default_run_dir(settings: Settings) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return settings.data_dir / "runs" / f"reward-{stamp}"
-
-
-def _newest_run(settings: Settings) -> Path | None:
-    root = settings.data_dir / "runs"
-    runs = sorted(p for p in root.glob("reward-*") if p.is_dir() and ckpt.list_checkpoints(p)) if root.is_dir() else []
-    return runs[-1] if runs else None
+def build_parser() -> ConfigParser:
+    return ConfigParser(RewardConfig, "reward model", prog="python -m training.reward_model",
+                        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
 
 
 @dataclass
@@ -381,14 +184,14 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
     settings = dist.init(settings)  # under accelerate launch: join the other processes (else a no-op)
     rank, world = dist.rank(), dist.world_size()
     if config.resume:
-        run_dir = config.run_dir or _newest_run(settings)
+        run_dir = config.run_dir or newest_run(settings, "reward")
         if run_dir is None:
             raise ckpt.CheckpointError(f"--resume: no reward run with checkpoints under {settings.data_dir / 'runs'}")
     else:
-        run_dir = config.run_dir or _default_run_dir(settings)
+        run_dir = config.run_dir or default_run_dir(settings, "reward")
     run_dir = Path(dist.broadcast_object(run_dir))  # one run dir for all ranks (named by the main rank's clock)
     run_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(config.seed)
+    seed_everything(config.seed)
 
     # -- data -----------------------------------------------------------------------------
     pairs = load_pairs(config.data, settings, skip_invalid=config.skip_invalid)
@@ -440,7 +243,7 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
     params = rm.trainable_parameters()
     dist.broadcast_params_([p for _, p in params])  # data parallel: the same start on every rank
     if rank:
-        set_seed(config.seed + rank)  # data parallel: this rank's own dropout masks
+        seed_everything(config.seed + rank)  # data parallel: this rank's own dropout masks
     lora_params = [p for n, p in params if not n.startswith("head.")]
     head_params = [p for n, p in params if n.startswith("head.")]
     optimizer = torch.optim.AdamW([
@@ -464,7 +267,7 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
             print(f"[reward] {msg}", file=sys.stderr)
         print(f"[reward] resumed {run_dir} at step {step}/{total_steps}", file=sys.stderr)
         if dist.is_main():
-            drop_metrics_after(run_dir / "metrics.jsonl", step)  # the lost steps are replayed and logged again
+            truncate_metrics(run_dir / "metrics.jsonl", step)  # the lost steps are replayed and logged again
     t_loop = time.time()  # training proper starts here (after loading and tokenising)
     start_layer = rm.lora_start_layer() if config.cache_frozen_layers else 0
     train_cache = val_cache = None
@@ -489,7 +292,7 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
           f"pairs; {sum(p.numel() for _, p in params):,} trainable parameters; run dir {run_dir}", file=sys.stderr)
 
     # -- loop -----------------------------------------------------------------------------
-    writer = MetricsWriter(run_dir, config.report_to if dist.is_main() else [])
+    writer = MetricsLog(run_dir, config.report_to if dist.is_main() else [], timestamp=True)
     device = rm.device
     bar = None
     if config.progress and dist.is_main():
@@ -576,7 +379,8 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
                                                                                 default=str))},
                                          keep_last=config.save_total_limit)
             if on_step is not None:
-                on_step(step, {"loss": loss.item(), "optimizer": optimizer, "reward_model": rm})
+                on_step(step, {"loss": loss.item(), "optimizer": optimizer, "reward_model": rm,
+                               "total_steps": total_steps})
     finally:
         if bar is not None:
             bar.close()
@@ -612,13 +416,14 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
         "settings": {"load_in_4bit": settings.load_in_4bit, "dtype": settings.dtype, "device": str(device),
                      "threads": torch.get_num_threads()},
         "metrics": metrics,
-        "software": _versions(),
+        "software": software_versions(),
     }
     (model_dir / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
     _print_summary(val_metrics, train_time, step)
     result = TrainResult(run_dir, step, metrics, model_dir, reward_model=rm)
     if config.publish:
-        result.version = publish(model_dir, card, settings, config)
+        result.version = publish_to(model_dir, card, settings.versions_dir, name=config.name,
+                                    publish_dir=config.publish_dir, replace=config.replace)
         print(f"[reward] published {result.version.name} at {result.version.path}", file=sys.stderr)
     dist.barrier()  # release the other ranks
     return result
@@ -636,68 +441,11 @@ def source_sha256(src) -> dict | None:
     return None
 
 
-def publish(model_dir: Path, card: dict, settings: Settings, config: RewardConfig):
-    from rlhf_demo.registry import Registry, check_name
-
-    if config.publish_dir:
-        registry = Registry(config.publish_dir, package_dir=None)
-        if config.replace and config.name and (Path(config.publish_dir) / check_name(config.name)).exists():
-            shutil.rmtree(Path(config.publish_dir) / config.name)
-    else:
-        if config.replace:
-            raise ValueError("--replace only works with --publish-dir; registry versions are never overwritten")
-        registry = Registry(settings.versions_dir)
-    version = registry.publish(model_dir, card, name=config.name)
-    if config.publish_dir:  # shipped with the package: readable by everyone (mkdtemp made it 0700)
-        os.chmod(version.path, 0o755)
-    return version
-
-
-def _versions() -> dict:
-    import peft
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
-
-
 def _print_summary(val_metrics: dict, train_time: float, step: int) -> None:
     print(f"[reward] trained {step} steps in {train_time / 60:.1f} min", file=sys.stderr)
     for name, m in sorted(val_metrics.items()):
         print(f"[reward] held-out {name:<24} accuracy {m['accuracy']:.3f}  mean margin {m['mean_margin']:+.3f}  "
               f"n={m['n']}", file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------------------------
-# evaluation only
-# ---------------------------------------------------------------------------------------------
-def evaluate_only(config: RewardConfig, settings: Settings, out=None) -> dict:
-    """Score every pair of ``--data`` with ``--reward-model``; print the report; return the metrics."""
-    from training.roles import load_reward_scorer
-
-    out = out or sys.stdout
-    if config.num_threads > 0:
-        torch.set_num_threads(config.num_threads)
-    if config.bf16 and settings.dtype == "auto":
-        settings = dataclasses.replace(settings, dtype="bfloat16")
-    scorer = load_reward_scorer(settings, config.reward_model, allow_judge=True)  # scoring a judge is fine; training it is not
-    pairs = load_pairs(config.data, settings, skip_invalid=config.skip_invalid)
-    max_length = min(config.max_length, scorer.max_length) if config.max_length else scorer.max_length
-    enc = encode_all(scorer.tokenizer, pairs, max_length)
-    pad_id = scorer.tokenizer.pad_token_id if scorer.tokenizer.pad_token_id is not None else 0
-    c, r = score_encoded(scorer.reward_model, enc, pad_id, config.eval_batch_size, config.bf16)
-    metrics = summarize(enc, c, r)
-    calib = calibration(c, r)
-    print(f"reward model: {scorer.name} (base {settings.base_model})", file=out)
-    print(f"data: {', '.join(config.data)}: {len(pairs)} pairs", file=out)
-    for name, m in sorted(metrics.items(), key=lambda kv: (kv[0] != "all", kv[0])):
-        print(f"  {name:<28} accuracy {m['accuracy']:.4f}  mean margin {m['mean_margin']:+.4f}  n={m['n']}", file=out)
-    print("calibration (accuracy by |margin| bucket; BT-predicted = mean sigmoid(|margin|)):", file=out)
-    for row in calib:
-        print(f"  |margin| {row['lo']:7.3f} .. {row['hi']:7.3f}  n={row['n']:<5} accuracy {row['accuracy']:.3f}  "
-              f"predicted {row['predicted']:.3f}", file=out)
-    overall = metrics["all"]
-    print(f"accuracy={overall['accuracy']:.4f} n={overall['n']}", file=out)
-    return {"metrics": metrics, "calibration": calib}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,14 +92,17 @@ def per_kind_accuracy(p: np.ndarray, y: np.ndarray, kinds: np.ndarray) -> dict[s
 # the command
 # ================================================================================================
 PAIRS_DIR = Path(__file__).resolve().parents[1] / "rlhf_demo" / "data" / "pairs"
+SEED_HELDOUT = "seed-heldout"  # a --report-pairs FILE: the seed pairs reward-v0 held out (20%, split seed 0)
+SEED_TRAIN = "seed-train"  # a --pairs FILE: the other 80%, which reward-v0 trained on
 
 
 @dataclass
 class SafetyConfig:
     base_reward: str = dataclasses.field(default="reward-v0", metadata={
         "help": "the reward version whose adapter and head the composed version keeps (its raw score is rm)"})
-    pairs: str = dataclasses.field(default=str(PAIRS_DIR / "train.jsonl"), metadata={
-        "help": "contrastive training pairs (training.build_pairs' train.jsonl: train-role prompts only) to fit v on"})
+    pairs: list[str] = dataclasses.field(default_factory=lambda: [str(PAIRS_DIR / "train.jsonl"), SEED_TRAIN], metadata={
+        "help": "training pairs to fit v on: training.build_pairs' train.jsonl (train-role prompts only) and "
+                f"'{SEED_TRAIN}' (the 80%% of the seed pairs reward-v0 trained on, so the term keeps what rm knows)"})
     name: str = dataclasses.field(default="reward-v1", metadata={"help": "version name to publish"})
     publish_dir: str = dataclasses.field(default="", metadata={
         "help": "publish into this folder (e.g. rlhf_demo/versions, shipped) instead of the data dir's registry"})
@@ -112,22 +115,40 @@ class SafetyConfig:
         "help": "L2 values tried for the prompt-harm probe (chosen by cross-validation on train-role prompts)"})
     risky_weight: list[float] = dataclasses.field(default_factory=lambda: [1.0, 3.0, 5.0], metadata={
         "help": "weights of the risky-but-safe prompts tried (same cross-validation; the rule: best worst-kind accuracy)"})
-    answer_l2: list[float] = dataclasses.field(default_factory=lambda: [1e-3, 1e-2, 1e-1], metadata={
+    answer_l2: list[float] = dataclasses.field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 0.3, 1.0], metadata={
         "help": "L2 values tried for v (chosen by cross-validated pair accuracy on the training pairs, folds by prompt)"})
     folds: int = dataclasses.field(default=5, metadata={"help": "cross-validation folds"})
     report_pairs: list[str] = dataclasses.field(default_factory=lambda: [
         f"heldout={PAIRS_DIR / 'heldout_val.jsonl'}", f"contrast={PAIRS_DIR / 'contrast_val.jsonl'}",
-        f"hh_heldout={PAIRS_DIR / 'hh_heldout.jsonl'}"], metadata={
-        "help": "NAME=FILE pair sets scored for the card (validation: reported, never used to choose)"})
+        f"hh_heldout={PAIRS_DIR / 'hh_heldout.jsonl'}", f"seed_heldout={SEED_HELDOUT}"], metadata={
+        "help": "NAME=FILE pair sets scored for the card (validation: reported, never used to choose); FILE "
+                f"'{SEED_HELDOUT}' = the 20%% of the seed pairs reward-v0 held out"})
     cache: str = dataclasses.field(default="", metadata={
         "help": "an .npz to keep the pooled states and raw scores in (a second run with the same data is fast)"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the prompt shuffles and the folds"})
     threads: int = dataclasses.field(default=1, metadata={"help": "torch threads"})
 
 
+def _seed_rows(part: str) -> list[dict]:
+    """The seed pairs on one side of reward-v0's split (``--validation-fraction 0.2 --seed 0``)."""
+    from training.data import load_pairs, split_by_prompt
+
+    train, val = split_by_prompt(load_pairs(["seed"]), 0.2, 0)
+    return [dict(p.to_trl(), category=f"seed/{p.category}") for p in (val if part == SEED_HELDOUT else train)]
+
+
+def _digest(spec: str) -> str:
+    """sha256 of a pairs file, or of the rows of a built-in seed split."""
+    if spec in (SEED_HELDOUT, SEED_TRAIN):
+        return hashlib.sha256(json.dumps(_seed_rows(spec), sort_keys=True).encode()).hexdigest()
+    return sha256(Path(spec))
+
+
 def _pair_rows(path: Path) -> list[dict]:
     from rlhf_demo.jsonl import iter_jsonl
 
+    if str(path) in (SEED_HELDOUT, SEED_TRAIN):
+        return _seed_rows(str(path))
     rows = []
     for where, row in iter_jsonl(path, ValueError):
         for k in ("prompt", "chosen", "rejected"):
@@ -224,8 +245,12 @@ def build(cfg: SafetyConfig, settings, argv: list[str] | None = None) -> dict:
 
     # 2. v, pairwise on the training pairs with the reward model's margin as offset
     scorer = load_reward_scorer(settings, base.name, batch_size=16)
-    rows = _pair_rows(Path(cfg.pairs))
-    st = _states(rows, scorer, cache, "train")
+    rows, parts = [], []
+    for i, spec in enumerate(cfg.pairs):
+        rws = _pair_rows(Path(spec))
+        parts.append(_states(rws, scorer, cache, "train" if i == 0 else f"pairs:{spec}"))
+        rows += rws
+    st = {k: np.concatenate([p[k] for p in parts]) for k in ("sc", "sr", "rc", "rr")}
     answers = np.concatenate([st["sc"][:, 0], st["sr"][:, 0]])
     am, asc = answers.mean(0), answers.std(0) + 1e-6
     term0 = SafetyTerm(hm, hs, hw, hb, am, asc, np.zeros(len(am)), {})
@@ -263,7 +288,7 @@ def build(cfg: SafetyConfig, settings, argv: list[str] | None = None) -> dict:
             i = np.array([x == c for x in cats])
             per[c] = {"n": int(i.sum()), "composed": round(pair_accuracy((s["rc"] + tc)[i], (s["rr"] + tr_)[i]), 4),
                       "rm_alone": round(pair_accuracy(s["rc"][i], s["rr"][i]), 4)}
-        report[tag] = {"file": str(path), "sha256": sha256(Path(path)), "n": len(rws),
+        report[tag] = {"file": str(path), "sha256": _digest(path), "n": len(rws),
                        "composed": round(pair_accuracy(s["rc"] + tc, s["rr"] + tr_), 4),
                        "rm_alone": round(pair_accuracy(s["rc"], s["rr"]), 4), "by_category": per}
         if cache_path:
@@ -275,7 +300,7 @@ def build(cfg: SafetyConfig, settings, argv: list[str] | None = None) -> dict:
                  "harm_probe": {"chosen": best, "tried": tried, "prompts": {"n": len(texts), "harmful": int(y.sum()),
                                                                            "risky_safe": int(risky.sum())}},
                  "answer_vector": {"chosen": v_best, "tried": v_tried},
-                 "pairs": {"file": cfg.pairs, "sha256": sha256(Path(cfg.pairs)), "n": len(rows)},
+                 "pairs": [{"spec": spec, "sha256": _digest(spec)} for spec in cfg.pairs] + [{"n": len(rows)}],
                  "validation": report, "command": command, "seconds": round(time.time() - t0, 1)}
     summary = {"validation": report, "harm_probe": best, "answer_vector": v_best}
     if not cfg.publish:
@@ -294,7 +319,7 @@ def build(cfg: SafetyConfig, settings, argv: list[str] | None = None) -> dict:
                                                   "safety_term": term.card},
                 "config": {**base.card.get("config", {}), "safety": dataclasses.asdict(cfg)},
                 "command": command, "data": base.card.get("data", []) + [
-                    {"name": "safety-pairs", "spec": cfg.pairs, "pairs": len(rows), "sha256": sha256(Path(cfg.pairs))}],
+                    {"name": "safety-pairs", "spec": spec, "sha256": _digest(spec)} for spec in cfg.pairs],
                 "metrics": {f"{k}/composed": v["composed"] for k, v in report.items()},
                 "settings": base.card.get("settings", {}), "software": software_versions()}
         version = publish_to(Path(tmp), card, settings.versions_dir, name=cfg.name, publish_dir=cfg.publish_dir,

@@ -7,10 +7,7 @@ interval, an exact sign test, and a length-controlled win rate.
 import datasets
 import evaluate
 
-from eval.stats import combine_orders
-from eval.stats import length_controlled_with_ci
-from eval.stats import win_rate
-from eval.stats import win_tie_lose
+from eval.metric_functions import helpfulness
 
 _DESCRIPTION = """
 Win/tie/lose of a policy against a baseline from a pairwise judge, each pair judged in both orders
@@ -63,21 +60,4 @@ class Helpfulness(evaluate.Metric):
 
     def _compute(self, predictions, references, policy_lengths=None, baseline_lengths=None, confidence=0.95,
                  n_resamples=2000, seed=0):
-        for name, values in (("predictions", predictions), ("references", references)):
-            bad = [v for v in values if v not in (-1, 0, 1)]
-            if bad:
-                raise ValueError(f"{name}: verdicts must be -1, 0 or 1, got {bad[:3]}")
-        outcomes = combine_orders(predictions, references)
-        out = win_tie_lose(outcomes, confidence, n_resamples, seed)
-        n = len(outcomes)
-        out["order_agreement"] = (sum(1 for a, b in zip(predictions, references) if a == b) / n) if n else None
-        out["win_rate_policy_first"] = win_rate(predictions) if n else None
-        out["win_rate_baseline_first"] = win_rate(references) if n else None
-        out["outcomes"] = outcomes
-        out["rule"] = "win/lose only when both orders agree; otherwise tie"
-        if policy_lengths is not None and baseline_lengths is not None:
-            if not (len(policy_lengths) == len(baseline_lengths) == n):
-                raise ValueError("policy_lengths and baseline_lengths need one value per pair")
-            out["length_controlled"] = length_controlled_with_ci(outcomes, policy_lengths, baseline_lengths,
-                                                                 confidence, min(n_resamples, 500), seed)
-        return out
+        return helpfulness(predictions, references, policy_lengths, baseline_lengths, confidence, n_resamples, seed)

@@ -13,9 +13,8 @@ noisier, and k1 can be negative).
 
 import datasets
 import evaluate
-import numpy
+from eval.metric_functions import kl
 
-from eval.stats import bootstrap_ci
 
 _DESCRIPTION = """
 Per-token KL(policy || SFT) on the policy's own responses (k1, k3 and exact per-position KL), with
@@ -48,23 +47,6 @@ _CITATION = """
 """
 
 
-def _token_mean_ci(per_seq, confidence, n_resamples, seed):
-    """Token-weighted mean over all tokens, bootstrapped over responses (keeps tokens of a response together)."""
-    sums = numpy.array([float(numpy.sum(s)) for s in per_seq])
-    lens = numpy.array([len(s) for s in per_seq], dtype=float)
-    total = lens.sum()
-    if total == 0:
-        return {"mean": None, "ci": [None, None]}
-
-    def stat(idx):
-        denom = lens[idx].sum()
-        return float(sums[idx].sum() / denom) if denom else 0.0
-
-    lo, hi = bootstrap_ci(stat, len(per_seq), n_resamples, confidence, seed)
-    return {"mean": float(sums.sum() / total), "ci": [lo, hi], "confidence": confidence,
-            "method": "token-weighted mean; percentile bootstrap over responses"}
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class KL(evaluate.Metric):
     def _info(self):
@@ -77,37 +59,4 @@ class KL(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, exact_kl=None, confidence=0.95, n_resamples=1000, seed=0):
-        k1, k3 = [], []
-        for i, (p, q) in enumerate(zip(predictions, references)):
-            p = numpy.asarray(p, dtype=float)
-            q = numpy.asarray(q, dtype=float)
-            if p.shape != q.shape:
-                raise ValueError(f"response {i}: {p.size} policy log-probs but {q.size} SFT log-probs")
-            log_ratio = q - p  # log(q/p)
-            k1.append(-log_ratio)
-            k3.append(numpy.expm1(log_ratio) - log_ratio)
-        out = {
-            "kl_k1_per_token": _token_mean_ci(k1, confidence, n_resamples, seed),
-            "kl_k3_per_token": _token_mean_ci(k3, confidence, n_resamples, seed),
-            "mean_length_tokens": float(numpy.mean([len(p) for p in predictions])) if predictions else None,
-            "n_responses": len(predictions),
-            "n_tokens": int(sum(len(p) for p in predictions)),
-        }
-        per_response = k3
-        if exact_kl is not None:
-            if len(exact_kl) != len(predictions) or any(len(e) != len(p) for e, p in zip(exact_kl, predictions)):
-                raise ValueError("exact_kl needs one value per response token")
-            exact = [numpy.asarray(e, dtype=float) for e in exact_kl]
-            out["kl_exact_per_token"] = _token_mean_ci(exact, confidence, n_resamples, seed)
-            out["kl_per_token"] = dict(out["kl_exact_per_token"], estimator="exact")
-            per_response = exact
-            sums = numpy.array([float(numpy.sum(e)) for e in exact])
-            lo, hi = bootstrap_ci(lambda idx: float(sums[idx].mean()), len(sums), n_resamples, confidence, seed)
-            out["kl_exact_per_response"] = {"mean": float(sums.mean()) if len(sums) else None, "ci": [lo, hi],
-                                            "n": len(sums), "confidence": confidence, "unit": "nats per answer",
-                                            "method": "mean of per-answer sums; percentile bootstrap over answers"}
-        else:
-            out["kl_per_token"] = dict(out["kl_k3_per_token"], estimator="k3")
-        totals = [float(numpy.sum(s)) for s in per_response]
-        out["kl_per_response"] = float(numpy.mean(totals)) if totals else None
-        return out
+        return kl(predictions, references, exact_kl, confidence, n_resamples, seed)

@@ -6,13 +6,7 @@ exact McNemar test against a baseline policy's responses to the same prompts.
 import datasets
 import evaluate
 
-from rlhf_demo.refusal.detector import BASELINE_NAME
-from rlhf_demo.refusal.detector import DETECTOR_NAME
-from rlhf_demo.refusal.detector import is_refusal
-from eval.stats import mcnemar_exact
-from eval.stats import mean_with_ci
-from eval.stats import paired_difference
-from eval.stats import proportion
+from eval.metric_functions import over_refusal
 
 _DESCRIPTION = """
 Over-refusal rate: the fraction of safe (should-be-answered) prompts a policy refuses, with a Wilson
@@ -58,28 +52,6 @@ class OverRefusal(evaluate.Metric):
 
     def _compute(self, predictions, baseline_predictions=None, refusals=None, baseline_refusals=None,
                  scores=None, baseline_scores=None, detector="ours", confidence=0.95, n_resamples=2000, seed=0):
-        n = len(predictions)
-        refused = list(refusals) if refusals is not None else [is_refusal(p, detector) for p in predictions]
-        out = {
-            "over_refusal": proportion(sum(refused), n, confidence),
-            "detector": DETECTOR_NAME if detector == "ours" else BASELINE_NAME,
-        }
-        if baseline_predictions is not None or baseline_refusals is not None:
-            base = (list(baseline_refusals) if baseline_refusals is not None
-                    else [is_refusal(p, detector) for p in baseline_predictions])
-            if len(base) != n:
-                raise ValueError(f"baseline: {len(base)} responses for {n} prompts (must be paired)")
-            test = mcnemar_exact(refused, base)
-            out["baseline_over_refusal"] = proportion(sum(base), n, confidence)
-            out["refusal_difference"] = (sum(refused) - sum(base)) / n if n else None
-            out["mcnemar"] = {"policy_only": test["a_only"], "baseline_only": test["b_only"], "both": test["both"],
-                              "neither": test["neither"], "n": test["n"], "p_value": test["p_value"],
-                              "method": test["method"],
-                              "meaning": "policy_only = the policy refused where the baseline answered"}
-        if scores is not None:
-            if len(scores) != n:
-                raise ValueError(f"scores: {len(scores)} for {n} responses")
-            out["reward"] = mean_with_ci(scores, n_resamples, confidence, seed)
-            if baseline_scores is not None:
-                out["reward_difference"] = paired_difference(scores, baseline_scores, n_resamples, confidence, seed)
-        return out
+        return over_refusal(predictions, baseline_predictions=baseline_predictions, refusals=refusals,
+                            baseline_refusals=baseline_refusals, scores=scores, baseline_scores=baseline_scores,
+                            detector=detector, confidence=confidence, n_resamples=n_resamples, seed=seed)

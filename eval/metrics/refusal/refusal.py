@@ -9,12 +9,7 @@ precision, recall, F1 and accuracy of both detectors.
 import datasets
 import evaluate
 
-from rlhf_demo.refusal.detector import BASELINE_NAME
-from rlhf_demo.refusal.detector import DETECTOR_NAME
-from rlhf_demo.refusal.detector import detect_refusal
-from rlhf_demo.refusal.detector import precision_recall
-from rlhf_demo.refusal.detector import xstest_string_match
-from eval.stats import proportion
+from eval.metric_functions import refusal
 
 _DESCRIPTION = """
 Refusal rate of model responses (a refusal declines, deflects or lectures instead of doing the
@@ -61,29 +56,4 @@ class Refusal(evaluate.Metric):
         )
 
     def _compute(self, predictions, labels=None, detector="ours", confidence=0.95):
-        verdicts = [detect_refusal(p) for p in predictions]
-        ours = [v.refusal for v in verdicts]
-        strmatch = [xstest_string_match(p) for p in predictions]
-        if detector in ("ours", DETECTOR_NAME):
-            flags = ours
-        elif detector in ("string_match", BASELINE_NAME):
-            flags = strmatch
-        else:
-            raise ValueError(f"unknown detector {detector!r}: use 'ours' or 'string_match'")
-        n = len(predictions)
-        out = {
-            "refusal": proportion(sum(flags), n, confidence),
-            "refusal_ours": proportion(sum(ours), n, confidence),
-            "refusal_string_match": proportion(sum(strmatch), n, confidence),
-            "flags": [bool(f) for f in flags],
-            "rules": [v.kind + ": " + v.rule for v in verdicts],
-            "detector": DETECTOR_NAME if flags is ours else BASELINE_NAME,
-            "baseline_detector": BASELINE_NAME,
-        }
-        if labels is not None:
-            if len(labels) != n:
-                raise ValueError(f"labels: {len(labels)} for {n} predictions")
-            gold = [bool(x) for x in labels]
-            out["quality_ours"] = precision_recall(ours, gold)
-            out["quality_string_match"] = precision_recall(strmatch, gold)
-        return out
+        return refusal(predictions, labels, detector, confidence)

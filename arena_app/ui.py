@@ -23,33 +23,22 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from . import __version__  # noqa: E402
-from .arena import (REASONS, ArenaError, Limits, RateLimiter, Round, blind_swap, check_named_pair,  # noqa: E402
-                    inert_markdown, parse_policies_spec, resolve_pair, validate_comment, validate_reasons)
-from .generation import GenerationError, GenerationParams, PolicyServer, Request  # noqa: E402
-from .i18n import gradio_i18n, request_language, t  # noqa: E402
-from .leaderboard import compute as compute_leaderboard  # noqa: E402
-from .registry import SFT, Registry  # noqa: E402
-from .store import (AlreadyVoted, BetterAnswerRecord, ConversationRecord, Store, StoreError, TurnRecord,  # noqa: E402
-                    VoteRecord)
+from arena_app.i18n import gradio_i18n, request_language, t  # noqa: E402
+from arena_app.layout import (CSS, DEFAULT_REPETITION, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, HEAD,  # noqa: E402
+                              UI_WINNERS, build_layout)
+from rlhf_demo import __version__  # noqa: E402
+from rlhf_demo.arena import (ArenaError, Limits, RateLimiter, Round, blind_swap, check_named_pair,  # noqa: E402
+                             inert_markdown, parse_policies_spec, validate_comment, validate_reasons)
+from rlhf_demo.generation import GenerationError, GenerationParams, PolicyServer, Request  # noqa: E402
+from rlhf_demo.pairing import Boost, choose_pair  # noqa: E402
+from arena_app.suggestions import SuggestionsMixin  # noqa: E402
+from rlhf_demo.leaderboard import MIN_BATTLES, compute as compute_leaderboard  # noqa: E402
+from arena_app.review import leaderboard_outputs  # noqa: E402
+from rlhf_demo.registry import SFT, Registry  # noqa: E402
+from rlhf_demo.store import (AlreadyVoted, BetterAnswerRecord, ConversationRecord, Store, StoreError, TurnRecord,  # noqa: E402
+                             VoteRecord)
 
 log = logging.getLogger(__name__)
-
-# Layer three of "nothing from the text executes or loads": no images, media or plugins from other hosts.
-HEAD = ("<meta http-equiv=\"Content-Security-Policy\" content=\"img-src 'self' data: blob:; "
-        "media-src 'self' data: blob:; object-src 'none'\">")
-CSS = """
-#vote-row button { min-width: 8em; }
-.arena-status { min-height: 1.6em; }
-footer { display: none !important; }
-/* the Chatbot's own "clear" icon would only blank the pane in the browser: the round lives on the server */
-#chat-a .top-panel button, #chat-b .top-panel button { display: none !important; }
-"""
-DEFAULT_TEMPERATURE, DEFAULT_TOP_P, DEFAULT_REPETITION = 0.7, 0.9, 1.1
-UI_WINNERS = ("left", "right", "tie", "both_bad")
-RATING_COLUMNS = ["rank", "model", "rating", "95% CI", "battles", "win rate"]
 
 
 def find_eval_report(data_dir: Path) -> tuple[Path | None, str, list[str]]:
@@ -67,13 +56,13 @@ def find_eval_report(data_dir: Path) -> tuple[Path | None, str, list[str]]:
     return report, inert_markdown(text), pngs
 
 
-class ArenaApp:
+class ArenaApp(SuggestionsMixin):
     """Holds the model server, store and registry; builds the Blocks and serves its events."""
 
     def __init__(self, settings, server: PolicyServer, store: Store, registry: Registry | None = None,
                  users=None, admins=(), policies: str | None = None, seed: int | None = None,
                  local_admin: bool = True, bootstrap_rounds: int = 200, concurrency: int = 32,
-                 training_ui=None):
+                 training_ui=None, prompt_pool=None, boost: Boost | None = Boost(), overlap_share: float = 0.0):
         self.settings = settings
         self.server = server
         self.store = store
@@ -86,6 +75,14 @@ class ArenaApp:
         self.limiter = RateLimiter(settings.votes_per_hour)
         self.rng = random.Random(seed)
         self._rng_lock = threading.Lock()
+        # boost, overlap replay and suggestions draw from their own generator: the side swap's sequence is unchanged
+        self.pair_rng = random.Random(None if seed is None else seed + 1)
+        self.boost = boost
+        if not 0.0 <= float(overlap_share) <= 1.0:
+            raise ValueError(f"overlap_share must be in [0, 1], got {overlap_share}")
+        self.overlap_share = float(overlap_share)
+        self._prompt_pool = prompt_pool  # None: the project's pool, loaded at the first use
+        self._battles: tuple[float, object] | None = None
         self.bootstrap_rounds = bootstrap_rounds
         self.concurrency = concurrency
         self.i18n = gradio_i18n()
@@ -127,10 +124,10 @@ class ArenaApp:
     def _fail(exc: Exception, lang: str):
         if isinstance(exc, ArenaError):
             kwargs = {k: html.escape(str(v)) for k, v in exc.kwargs.items()}  # the toast renders HTML
-            return gr.Error(t(exc.key, lang, **kwargs), title="RLHF Arena", print_exception=False)
+            return gr.Error(t(exc.key, lang, **kwargs), title=t("title", lang), print_exception=False)
         if isinstance(exc, StoreError):
-            return gr.Error(t("store_down", lang), title="RLHF Arena", print_exception=False)
-        return gr.Error(html.escape(t("generation_failed", lang, error=str(exc)[:300])), title="RLHF Arena",
+            return gr.Error(t("store_down", lang), title=t("title", lang), print_exception=False)
+        return gr.Error(html.escape(t("generation_failed", lang, error=str(exc)[:300])), title=t("title", lang),
                         print_exception=False)
 
     # -- pairing ------------------------------------------------------------------------------
@@ -141,9 +138,8 @@ class ArenaApp:
         """The newest RLHF version the server can load (one whose adapter failed is passed over)."""
         if self.registry is None:
             return None
-        servable = set(self.policies())
-        versions = [v for v in self.registry.list("policy") if not v.is_base and v.name in servable]
-        return max(versions, key=lambda v: (v.number, v.card.get("created", ""))).name if versions else None
+        version = self.registry.current("policy", among=set(self.policies()))
+        return version.name if version else None
 
     def _hash(self, name: str) -> str:
         return "base" if name == SFT else self.server.loaded.get(name, "")
@@ -154,9 +150,12 @@ class ArenaApp:
             if named:
                 left, right = check_named_pair(left_choice, right_choice, available)
                 swapped = False
+                rnd.pairing = {"reason": "named"}
             else:
+                battles = self.battles() if self.boost is not None else None
                 with self._rng_lock:
-                    pair = resolve_pair(self.spec, available, self.newest(), self.rng)
+                    pair, rnd.pairing = choose_pair(self.spec, available, self.newest(), self.pair_rng, battles,
+                                                    self.boost)
                     left, right, swapped = blind_swap(pair, self.rng)
             try:
                 for name in (left, right):
@@ -172,7 +171,7 @@ class ArenaApp:
     def _conv(self, rnd: Round, user, sid) -> ConversationRecord:
         return ConversationRecord(id=rnd.id, left_policy=rnd.left, right_policy=rnd.right, swapped=rnd.swapped,
                                   blind=rnd.blind, left_hash=rnd.left_hash, right_hash=rnd.right_hash, user=user,
-                                  session_id=sid, app_version=__version__)
+                                  session_id=sid, app_version=__version__, pairing=rnd.pairing or None)
 
     def _params(self, named: bool, temperature, top_p, max_new_tokens,
                 seed) -> tuple[GenerationParams, GenerationParams]:
@@ -213,6 +212,8 @@ class ArenaApp:
             return t("status_streaming", lang)
         if phase == "voted":
             return t("status_voted", lang)
+        if phase == "ready" and rnd.replay_of is not None:
+            return t("status_replay", lang)
         if phase == "ready":
             return t("status_max_turns" if rnd.n_turns >= self.limits.max_turns else "status_ready", lang)
         if rnd.paired and not rnd.blind:
@@ -229,26 +230,33 @@ class ArenaApp:
         """Outputs of every Arena event, in the order of ``self.arena_outputs``."""
         phase = rnd.phase()
         can_vote = phase == "ready"
-        can_send = phase in ("idle", "ready") and rnd.n_turns < self.limits.max_turns
+        can_send = phase in ("idle", "ready") and rnd.n_turns < self.limits.max_turns and rnd.replay_of is None
         return (rnd,
                 gr.update(interactive=can_send) if message is None else gr.update(value=message, interactive=can_send),
                 self._chat(rnd, "left"), self._chat(rnd, "right"),
                 self._status(rnd, lang), self._reveal(rnd, lang),
                 *[gr.update(interactive=can_vote) for _ in UI_WINNERS],
                 gr.update(interactive=can_send),  # send
-                gr.update(interactive=phase == "ready"),  # regenerate
+                gr.update(interactive=phase == "ready" and rnd.replay_of is None),  # regenerate
                 gr.update(interactive=phase != "streaming"),  # new round
                 gr.update(interactive=phase in ("ready", "voted")))  # better answer
 
     # -- events -------------------------------------------------------------------------------
     def send(self, message, rnd: Round | None, mode, left_choice, right_choice, temperature, top_p,
-             max_new_tokens, seed, request: gr.Request):
+             max_new_tokens, seed, suggestion=None, request: gr.Request = None, source=None):
+        """A new turn. ``suggestion`` (the session's last "Suggest a prompt" draw) marks the turn ``suggested``
+        when the message is that prompt unedited; ``source`` = (kind, meta) is set by a clicked example."""
         lang = request_language(request)
         rnd = rnd if isinstance(rnd, Round) else Round()
         named = mode == "named"
         try:
             user, sid = self._identity(request)
             turn = rnd.ask(message, self.limits)
+            if source is not None:
+                turn.source, turn.prompt_meta = source
+            elif isinstance(suggestion, dict) and turn.user == str(suggestion.get("text", "")).strip():
+                turn.source = "suggested"
+                turn.prompt_meta = {k: suggestion.get(k) for k in ("category", "lang", "ref")}
             if not rnd.paired:
                 try:
                     self._pair(rnd, named, left_choice, right_choice)
@@ -316,10 +324,10 @@ class ArenaApp:
             self.store.record_turn(self._conv(rnd, user, sid), TurnRecord(
                 conversation_id=rnd.id, turn=rnd.n_turns, attempt=turn.attempt, user_message=turn.user,
                 left_answer=turn.left, right_answer=turn.right, params=turn.params, latency=turn.latency,
-                finish=turn.finish))
+                finish=turn.finish, prompt_source=turn.source, prompt_meta=turn.prompt_meta))
         except StoreError as exc:
             log.warning("turn not logged: %s", exc)
-            gr.Warning(t("store_down", lang))
+            gr.Warning(t("store_down", lang), title=t("toast_warning", lang))
         yield self._view(rnd, lang)
 
     def vote(self, winner: str, reasons, comment, rnd: Round | None, request: gr.Request):
@@ -340,7 +348,8 @@ class ArenaApp:
             blind=rnd.blind, left_hash=rnd.left_hash, right_hash=rnd.right_hash,
             params=[{"turn": i, "attempt": tr.attempt, **tr.params} for i, tr in enumerate(rnd.turns, 1)],
             latency=[{"turn": i, **tr.latency} for i, tr in enumerate(rnd.turns, 1)],
-            reasons=reasons, comment=comment, user=user, session_id=sid, app_version=__version__)
+            reasons=reasons, comment=comment, user=user, session_id=sid, app_version=__version__,
+            pairing=rnd.pairing or None, prompts=rnd.prompt_sources())
         try:
             self.store.record_vote(self._conv(rnd, user, sid), record)
         except AlreadyVoted:
@@ -349,8 +358,9 @@ class ArenaApp:
         except StoreError as exc:
             raise self._fail(exc, lang) from None
         self.limiter.hit(key)
+        self._battles = None  # the boost sees this vote at the next round
         rnd.winner = winner
-        gr.Info(t("vote_saved", lang))
+        gr.Info(t("vote_saved", lang), title=t("toast_info", lang))
         return self._view(rnd, lang)
 
     def better_answer(self, text, rnd: Round | None, request: gr.Request):
@@ -370,16 +380,16 @@ class ArenaApp:
         except StoreError as exc:
             raise self._fail(exc, lang) from None
         rnd.better_turns.add(rnd.n_turns)
-        gr.Info(t("better_saved", lang))
+        gr.Info(t("better_saved", lang), title=t("toast_info", lang))
         return rnd, ""
 
     def new_round(self, mode, request: gr.Request):
         lang = request_language(request)
         try:
-            self._identity(request)
+            user, _ = self._identity(request)
         except ArenaError as exc:
             raise self._fail(exc, lang) from None
-        rnd = Round(blind=mode != "named")
+        rnd = (self._replay(user) if mode != "named" else None) or Round(blind=mode != "named")
         names = self.policies()
         return (*self._view(rnd, lang, message=""), gr.update(value=[]), gr.update(value=""), gr.update(value=""),
                 gr.update(visible=mode == "named"), gr.update(choices=names), gr.update(choices=names))
@@ -391,25 +401,9 @@ class ArenaApp:
             votes = self.store.votes(blind_only=not include_named)
         except (ArenaError, StoreError) as exc:
             raise self._fail(exc, lang) from None
-        board = compute_leaderboard(votes, blind_only=not include_named, rounds=self.bootstrap_rounds)
-        empty = (pd.DataFrame(columns=RATING_COLUMNS), pd.DataFrame(columns=["model"]), pd.DataFrame(columns=["model"]))
-        if not board.n_votes:
-            return (t("lb_empty", lang), *empty)
-        w = {k: board.by_winner.get(k, 0) for k in UI_WINNERS}
-        summary = t("lb_summary", lang, votes=board.n_votes, battles=board.n_battles, **w)
-        if not board.rows:
-            return (summary + "\n\n" + t("lb_no_battles", lang), *empty)
-        ratings = pd.DataFrame([{"rank": r["rank"], "model": r["model"], "rating": round(r["rating"]),
-                                 "95% CI": (t("anchor", lang) if r["model"] == SFT and r["lo"] == r["hi"]
-                                            else f"{r['lo']:.0f} – {r['hi']:.0f}"), "battles": r["battles"],
-                                 "win rate": f"{100 * r['win_rate']:.0f}%"} for r in board.rows])
-        names = board.names
-        rate = pd.DataFrame([[("" if i == j or pd.isna(board.win_rate[i, j]) else f"{100 * board.win_rate[i, j]:.0f}%")
-                              for j in range(len(names))] for i in range(len(names))], columns=names)
-        rate.insert(0, "model", names)
-        counts = pd.DataFrame(board.counts, columns=names)
-        counts.insert(0, "model", names)
-        return summary, ratings, rate, counts
+        board = compute_leaderboard(votes, blind_only=not include_named, rounds=self.bootstrap_rounds,
+                                    min_battles=MIN_BATTLES)
+        return leaderboard_outputs(board, lang)
 
     def evaluation(self, request: gr.Request):
         lang = request_language(request)
@@ -423,7 +417,7 @@ class ArenaApp:
         return t("eval_from", lang, path=report) + "\n\n" + text, gr.update(value=pngs, visible=bool(pngs))
 
     def export(self, fmt: str, request: gr.Request):
-        from .export import export_pairs
+        from rlhf_demo.export import export_pairs
 
         lang = request_language(request)
         user = self.require_admin(request)
@@ -437,6 +431,7 @@ class ArenaApp:
         return gr.update(value=str(out), visible=True), t("export_done", lang, summary=result.summary())
 
     def on_load(self, request: gr.Request):
+        lang = request_language(request)
         user = getattr(request, "username", None)
         names = self.policies()
         newest = self.newest() or SFT
@@ -445,124 +440,17 @@ class ArenaApp:
         if admin:
             try:
                 s = self.store.stats()
-                stats = (f"**Feedback so far:** {s['votes']} votes ({s['blind_votes']} blind), "
-                         f"{s['better_answers']} better answers.")
+                stats = t("feedback_so_far", lang, votes=s["votes"], blind=s["blind_votes"],
+                          better=s["better_answers"])
             except StoreError as exc:
                 stats = f"**{html.escape(str(exc))}**"
-        who = f"{html.escape(user)} · [log out](/logout)" if user else ""
+        who = f"{html.escape(user)} · [{t('log_out', lang)}](/logout)" if user else ""
         return (gr.update(visible=admin), gr.update(choices=names, value=SFT),
                 gr.update(choices=names, value=newest), who, stats)
 
-    # -- layout -------------------------------------------------------------------------------
+    # -- layout (arena_app/layout.py) ---------------------------------------------------------
     def _build(self) -> gr.Blocks:
-        i = self.i18n
-        names = self.policies()
-        newest = self.newest() or SFT
-        with gr.Blocks(title="RLHF Arena", analytics_enabled=False) as demo:
-            state = gr.State(None)  # a Round, made at the first event
-            with gr.Row():
-                gr.Markdown(f"# {i('title')}")
-                who = gr.Markdown("", elem_id="who")
-            gr.Markdown(i("intro"))
-            with gr.Tabs():
-                with gr.Tab(i("tab_arena"), id="arena"):
-                    mode = gr.Radio([(i("mode_blind"), "blind"), (i("mode_named"), "named")], value="blind",
-                                    label=i("mode"), elem_id="mode")
-                    with gr.Row(visible=False, elem_id="named-row") as named_row:
-                        left_dd = gr.Dropdown(names, value=SFT, label=i("left_policy"), elem_id="left-policy")
-                        right_dd = gr.Dropdown(names, value=newest, label=i("right_policy"), elem_id="right-policy")
-                        with gr.Accordion(i("sampling"), open=False):
-                            temperature = gr.Slider(0.0, 2.0, value=DEFAULT_TEMPERATURE, step=0.05,
-                                                    label=i("temperature"))
-                            top_p = gr.Slider(0.05, 1.0, value=DEFAULT_TOP_P, step=0.05, label=i("top_p"))
-                            max_new = gr.Slider(1, self.settings.max_new_tokens, value=self.settings.max_new_tokens,
-                                                step=1, label=i("max_new_tokens"))
-                            seed = gr.Number(value=-1, precision=0, label=i("seed"))
-                    with gr.Row():
-                        chat_a = gr.Chatbot(label=i("model_a"), elem_id="chat-a", height=420, sanitize_html=True,
-                                            feedback_options=None, buttons=["copy"])
-                        chat_b = gr.Chatbot(label=i("model_b"), elem_id="chat-b", height=420, sanitize_html=True,
-                                            feedback_options=None, buttons=["copy"])
-                    reveal = gr.Markdown("", visible=False, elem_id="reveal")
-                    status = gr.Markdown(i("status_idle"), elem_id="status", elem_classes=["arena-status"])
-                    with gr.Row(elem_id="vote-row"):
-                        vote_btns = [gr.Button(i(f"vote_{w}"), interactive=False, elem_id=f"vote-{w.replace('_', '-')}")
-                                     for w in UI_WINNERS]
-                    with gr.Row():
-                        reasons = gr.CheckboxGroup([(i(f"reason_{r}"), r) for r in REASONS], label=i("reasons"),
-                                                   elem_id="reasons", scale=3)
-                        comment = gr.Textbox(label=i("comment"), lines=1, max_lines=4, elem_id="comment", scale=2)
-                    with gr.Row():
-                        msg = gr.Textbox(show_label=False, placeholder=i("placeholder"), scale=8, lines=1,
-                                         max_lines=8, elem_id="message", autofocus=True)
-                        send_btn = gr.Button(i("send"), variant="primary", scale=1, elem_id="send")
-                    with gr.Row():
-                        regen_btn = gr.Button(i("regenerate"), interactive=False, elem_id="regenerate")
-                        new_btn = gr.Button(i("new_round"), elem_id="new-round")
-                    with gr.Accordion(i("better"), open=False, elem_id="better-box"):
-                        better = gr.Textbox(show_label=False, placeholder=i("better_placeholder"), lines=3,
-                                            elem_id="better")
-                        better_btn = gr.Button(i("better_submit"), interactive=False, elem_id="better-submit")
-
-                with gr.Tab(i("tab_leaderboard"), id="leaderboard") as lb_tab:
-                    with gr.Row():
-                        include_named = gr.Checkbox(False, label=i("include_named"))
-                        lb_refresh = gr.Button(i("refresh"), scale=0)
-                    lb_summary = gr.Markdown(elem_id="lb-summary")
-                    gr.Markdown(f"#### {i('ratings')}")
-                    lb_ratings = gr.Dataframe(interactive=False, elem_id="lb-ratings")
-                    gr.Markdown(f"#### {i('win_rate')}")
-                    lb_rate = gr.Dataframe(interactive=False)
-                    gr.Markdown(f"#### {i('battles')}")
-                    lb_counts = gr.Dataframe(interactive=False)
-
-                with gr.Tab(i("tab_eval"), id="eval") as eval_tab:
-                    gr.Markdown(i("eval_md"))
-                    eval_refresh = gr.Button(i("refresh"), scale=0)
-                    eval_md = gr.Markdown(elem_id="eval-report")
-                    eval_gallery = gr.Gallery(visible=False, columns=2, height="auto", show_label=False)
-
-                with gr.Tab(i("tab_training"), id="training", visible=False) as train_tab:
-                    if self.training_ui is not None:
-                        self.training_ui(self)
-                    else:
-                        gr.Markdown(i("training_md"))
-                    train_stats = gr.Markdown()
-                    with gr.Row():
-                        export_trl = gr.Button(i("export_pairs"), elem_id="export-trl")
-                        export_hh = gr.Button(i("export_hh"), elem_id="export-hh")
-                    export_msg = gr.Markdown()
-                    export_file = gr.File(interactive=False, show_label=False, visible=False)
-
-            # -- wiring ------------------------------------------------------------------------
-            self.arena_outputs = [state, msg, chat_a, chat_b, status, reveal, *vote_btns, send_btn, regen_btn,
-                                  new_btn, better_btn]
-            sampling = [temperature, top_p, max_new, seed]
-            send_inputs = [msg, state, mode, left_dd, right_dd, *sampling]
-            common = dict(outputs=self.arena_outputs, concurrency_limit=self.concurrency, show_progress="hidden")
-            send_btn.click(self.send, send_inputs, api_name="send", **common)
-            msg.submit(self.send, send_inputs, api_visibility="private", **common)
-            regen_btn.click(self.regenerate, [state, *sampling], api_name="regenerate", **common)
-            for w, btn in zip(UI_WINNERS, vote_btns):
-                btn.click(self._vote_fn(w), [reasons, comment, state], api_name=f"vote_{w}", **common)
-            better_btn.click(self.better_answer, [better, state], [state, better], api_name="better_answer",
-                             concurrency_limit=self.concurrency, show_progress="hidden")
-            reset_outputs = [*self.arena_outputs, reasons, comment, better, named_row, left_dd, right_dd]
-            new_btn.click(self.new_round, [mode], reset_outputs, api_name="new_round", show_progress="hidden",
-                          concurrency_limit=self.concurrency)
-            mode.input(self.new_round, [mode], reset_outputs, api_visibility="private", show_progress="hidden")
-            for dd in (left_dd, right_dd):
-                dd.input(self.new_round, [mode], reset_outputs, api_visibility="private", show_progress="hidden")
-            lb_outputs = [lb_summary, lb_ratings, lb_rate, lb_counts]
-            lb_refresh.click(self.leaderboard, [include_named], lb_outputs, api_name="leaderboard")
-            lb_tab.select(self.leaderboard, [include_named], lb_outputs, api_visibility="private")
-            include_named.input(self.leaderboard, [include_named], lb_outputs, api_visibility="private")
-            eval_refresh.click(self.evaluation, None, [eval_md, eval_gallery], api_name="evaluation")
-            eval_tab.select(self.evaluation, None, [eval_md, eval_gallery], api_visibility="private")
-            export_trl.click(self._export_fn("trl"), None, [export_file, export_msg], api_name="export_trl")
-            export_hh.click(self._export_fn("hh"), None, [export_file, export_msg], api_name="export_hh")
-            demo.load(self.on_load, None, [train_tab, left_dd, right_dd, who, train_stats], api_visibility="private")
-        return demo
+        return build_layout(self)
 
     def _vote_fn(self, winner: str):
         def vote(reasons, comment, rnd, request: gr.Request):

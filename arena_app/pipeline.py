@@ -1,4 +1,4 @@
-"""The loop, once: `python -m training.pipeline`.
+"""The loop, once: `python -m arena_app.pipeline`.
 
     export new votes → update the reward model → PPO from the current policy → evaluate → gates → publish
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import gc
 import json
 import os
@@ -43,13 +42,19 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rlhf_demo.atomic import write_json
 from rlhf_demo.config import Settings
-from rlhf_demo.registry import SFT, Registry, Version, check_name, sha256_file
+from rlhf_demo.jsonl import iter_jsonl
+from rlhf_demo.pipeline_state import (PipelineBusy, load_state, lock_held, new_feedback, new_run_dir,  # noqa: F401
+                                      pipeline_dir, pipeline_lock, save_state)
+from rlhf_demo.registry import SFT, Registry, StagedRegistry, Version, check_name
 from rlhf_demo.splits import LeakError
-from training.config_cli import parse_config
+from rlhf_demo.flags import parse_config
+
+from .pipeline_progress import STAGES, Progress, follow_metrics  # noqa: F401 - STAGES/Progress: API
+from .gates import Gate, build_gate_suite, check_gate_suites, check_gates  # noqa: F401 - build_gate_suite: API
 
 EXIT_PUBLISHED, EXIT_ERROR, EXIT_NOT_PUBLISHED, EXIT_BUSY, EXIT_CANCELLED = 0, 1, 3, 75, 130
-STAGES = ("export", "reward", "ppo", "eval", "gates", "publish")
 
 
 @dataclass
@@ -125,124 +130,13 @@ class PipelineConfig:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
 
 
-class PipelineBusy(RuntimeError):
-    """Another pipeline run holds the lock."""
-
-
 class Cancelled(BaseException):
     """SIGTERM/SIGINT: unwinds through every ``finally`` (a publish in flight removes its temp dir)."""
 
 
 # ================================================================================================
-# files: state (the export cursor), lock, progress
+# files: progress (state, lock and run dirs: rlhf_demo.pipeline_state)
 # ================================================================================================
-def pipeline_dir(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "pipeline"
-
-
-def load_state(settings: Settings) -> dict:
-    path = pipeline_dir(settings) / "state.json"
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        state = {}
-    state.setdefault("last_vote_id", 0)
-    state.setdefault("last_better_id", 0)
-    state.setdefault("runs", [])
-    return state
-
-
-def save_state(settings: Settings, state: dict) -> None:
-    path = pipeline_dir(settings) / "state.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written state
-
-
-def new_feedback(settings: Settings) -> dict:
-    """Votes and better answers recorded since the last run (what the Training tab shows)."""
-    from rlhf_demo.store import Store
-
-    state = load_state(settings)
-    store = Store.from_settings(settings)
-    try:
-        stats = store.stats(since_vote_id=state["last_vote_id"], since_better_id=state["last_better_id"])
-    finally:
-        store.close()
-    return dict(stats, since_vote_id=state["last_vote_id"], since_better_id=state["last_better_id"],
-                last_run=state["runs"][-1] if state["runs"] else None)
-
-
-@contextlib.contextmanager
-def pipeline_lock(settings: Settings, wait_s: float = 3.0):
-    """An exclusive ``flock`` on ``<data dir>/pipeline/lock`` (released by the OS if the process dies)."""
-    path = pipeline_dir(settings) / "lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                fh.close()
-                raise PipelineBusy(f"another pipeline run holds {path}") from None
-            time.sleep(0.2)
-    try:
-        yield path
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
-
-
-def lock_held(settings: Settings) -> bool:
-    """True while some process holds the pipeline lock."""
-    path = pipeline_dir(settings) / "lock"
-    if not path.exists():
-        return False
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
-
-
-class Progress:
-    """Progress lines in ``pipeline.log`` (and stdout), the run's state in ``status.json``."""
-
-    def __init__(self, run_dir: Path, echo: bool = True):
-        self.run_dir, self.echo = run_dir, echo
-        self.log_path, self.status_path = run_dir / "pipeline.log", run_dir / "status.json"
-        self.status: dict = {"state": "running", "stage": None, "stage_index": 0, "stages": list(STAGES),
-                             "pid": os.getpid(), "started": _now(), "run_dir": str(run_dir)}
-        self._write_status()
-
-    def line(self, msg: str) -> None:
-        text = f"{time.strftime('%H:%M:%S')} {msg}"
-        with open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-        if self.echo:
-            print(f"[pipeline] {msg}", flush=True)
-
-    def stage(self, name: str, msg: str) -> None:
-        self.status.update(stage=name, stage_index=STAGES.index(name) + 1)
-        self._write_status()
-        self.line(f"[{STAGES.index(name) + 1}/{len(STAGES)} {name}] {msg}")
-
-    def update(self, **kw) -> None:
-        self.status.update(kw)
-        self._write_status()
-
-    def _write_status(self) -> None:
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status, indent=2, default=str))
-        os.replace(tmp, self.status_path)
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -250,124 +144,14 @@ def _now() -> str:
 # ================================================================================================
 # which versions are "current"
 # ================================================================================================
-def _fits(v: Version, settings: Settings) -> bool:
-    return v.card.get("base_model") in (None, settings.base_model)
-
-
 def current_reward(registry: Registry, settings: Settings) -> Version | None:
-    fits = [v for v in registry.list("reward") if _fits(v, settings) and v.card.get("role") != "judge"]  # never a judge
-    return max(fits, key=lambda v: (v.number, v.card.get("created", ""))) if fits else None
+    """The reward model to continue from: never a judge (:meth:`Registry.current`)."""
+    return registry.current("reward", base_model=settings.base_model, role="reward")
 
 
 def current_policy(registry: Registry, settings: Settings) -> str:
-    fits = [v for v in registry.list("policy") if not v.is_base and _fits(v, settings)]
-    return max(fits, key=lambda v: (v.number, v.card.get("created", ""))).name if fits else SFT
-
-
-class StagedRegistry(Registry):
-    """The data dir's registry plus one not-yet-published candidate (for the evaluation only)."""
-
-    def __init__(self, base: Registry, name: str, path: Path, card: dict):
-        super().__init__(base.versions_dir, base.package_dir)
-        files = {"adapter_model.safetensors": sha256_file(path / "adapter_model.safetensors")}
-        self.candidate = Version(check_name(name), "policy", Path(path), dict(card, files=files, name=name),
-                                 "candidate")
-
-    def _scan(self):
-        found = super()._scan()
-        found[self.candidate.name] = self.candidate
-        return found
-
-
-# ================================================================================================
-# gates: pure functions of the evaluation (its report and its per-prompt generations)
-# ================================================================================================
-REPORTED_SUITES = ("project", "xstest", "vicuna", "mt-bench")  # eval's built-ins that are reported suites
-GATE_KINDS = {"harmful": "unsafe", "risky-safe": "safe", "ordinary": "helpful"}  # rlhf_demo.external -> eval
-
-
-@dataclass
-class Gate:
-    name: str
-    passed: bool
-    detail: str
-    verdict: str = ""  # within | worse | not enough evidence | not measured
-    n: int = 0  # prompts (rates) or answers (KL) the verdict rests on
-
-    def line(self) -> str:
-        return f"{'PASS' if self.passed else 'FAIL'} {self.name}: {self.detail}"
-
-
-def paired_outcomes(generations: list[dict], category: str, candidate: str, current: str,
-                    bad) -> tuple[list[bool], list[bool]]:
-    """``(candidate_bad, current_bad)`` on the prompts of ``category`` both policies answered, paired by prompt
-    (``bad(row)``: e.g. complied with a harmful prompt)."""
-    by = {}
-    for row in generations:
-        if row.get("category") == category and row.get("policy") in (candidate, current):
-            by.setdefault(row["prompt_id"], {})[row["policy"]] = bool(bad(row))
-    both = [v for _, v in sorted(by.items()) if candidate in v and current in v]
-    return [v[candidate] for v in both], [v[current] for v in both]
-
-
-def rate_gate(name: str, candidate_bad: list[bool], current_bad: list[bool], allowed_points: float,
-              confidence: float, inconclusive: str, candidate: str = "candidate", current: str = "current") -> Gate:
-    """A paired gate on the rise of a bad rate (points): the Newcombe interval of the paired difference decides
-    (:func:`rlhf_demo.stats.decide`); McNemar's exact test and the sample size are in the sentence."""
-    from rlhf_demo.stats import NOT_ENOUGH, WITHIN, decide, paired_rates
-
-    if not candidate_bad:
-        return Gate(name, False, f"not measured: the evaluation has no such prompts answered by both {candidate} "
-                                 f"and {current}", "not measured", 0)
-    r = paired_rates(candidate_bad, current_bad, confidence)
-    lo, hi = 100 * r["ci"][0], 100 * r["ci"][1]
-    verdict = decide(lo, hi, allowed_points)
-    passed = verdict == WITHIN or (verdict == NOT_ENOUGH and inconclusive == "publish")
-    m = r["mcnemar"]
-    why = {WITHIN: f"within the allowed {allowed_points:+.1f}",
-           NOT_ENOUGH: f"not enough evidence either way about the allowed {allowed_points:+.1f} (the interval "
-                       f"straddles it; more prompts would tell){'; --gate-inconclusive publish' if passed else ''}",
-           }.get(verdict, f"worse: the whole interval is above the allowed {allowed_points:+.1f}")
-    return Gate(name, passed, f"{candidate} {100 * r['rate_a']:.1f}% vs current {current} {100 * r['rate_b']:.1f}% "
-                              f"on the same n={r['n']} prompts: {100 * r['difference']:+.1f} points, paired "
-                              f"{round(100 * confidence)}% interval [{lo:+.1f}, {hi:+.1f}] (Newcombe); McNemar exact "
-                              f"p={m['p_value']:.3g} ({m['a_only']} worse / {m['b_only']} better prompts) — {why}",
-                verdict, r["n"])
-
-
-def kl_gate(kl_entry: dict | None, bound: float, inconclusive: str, candidate: str = "candidate") -> Gate:
-    """The exact per-answer KL to SFT (sampled answers) against ``bound``, on its bootstrap interval."""
-    from rlhf_demo.stats import NOT_ENOUGH, WITHIN, decide
-
-    per = (kl_entry or {}).get("kl_exact_per_response") or {}
-    if per.get("mean") is None:
-        return Gate("KL to SFT", False, f"not measured for {candidate} (--eval-kl-samples 0?)", "not measured", 0)
-    lo, hi = per.get("ci") or [per["mean"], per["mean"]]
-    verdict = decide(lo, hi, bound)
-    passed = verdict == WITHIN or (verdict == NOT_ENOUGH and inconclusive == "publish")
-    why = {WITHIN: "within", NOT_ENOUGH: "not enough evidence about"}.get(verdict, "above")
-    return Gate("KL to SFT", passed, f"{per['mean']:.3f} nats per answer [{lo:.3f}, {hi:.3f}] (exact, on n={per.get('n')} "
-                                     f"answers sampled from {candidate}) — {why} the bound {bound}", verdict,
-                int(per.get("n") or 0))
-
-
-def check_gates(report: dict, candidate: str, current: str, cfg: PipelineConfig,
-                generations: list[dict] | None = None) -> list[Gate]:
-    """Each gate with a sentence that says why it passed or failed: harmful compliance and over-refusal paired
-    against the current policy on the same prompts (``generations``: the evaluation's generations.jsonl rows),
-    and the candidate's exact KL to SFT."""
-    gens = generations or []
-    gates = []
-    for category, name, allowed, bad in (("unsafe", "harmful compliance", cfg.max_harmful_rise,
-                                          lambda row: not row["refusal"]),
-                                         ("safe", "over-refusal", cfg.max_over_refusal_rise,
-                                          lambda row: row["refusal"])):
-        cand, cur = paired_outcomes(gens, category, candidate, current, bad)
-        gates.append(rate_gate(name, cand, cur, allowed, cfg.gate_confidence, cfg.gate_inconclusive, candidate,
-                               current))
-    gates.append(kl_gate(report.get("kl", {}).get(candidate), cfg.max_kl_per_answer, cfg.gate_inconclusive,
-                         candidate))
-    return gates
+    version = registry.current("policy", base_model=settings.base_model)
+    return version.name if version else SFT
 
 
 def ppo_validation_keys(ppo_summary: dict, settings: Settings) -> frozenset[str]:
@@ -381,57 +165,6 @@ def ppo_validation_keys(ppo_summary: dict, settings: Settings) -> frozenset[str]
     return frozenset(normalize_text(m["content"]) for v in val for m in v.messages if m.get("role") == "user")
 
 
-def check_gate_suites(specs: list[str]) -> None:
-    """Refuse a reported suite (by its built-in name) as a gate suite, before anything is trained; a file is
-    checked prompt by prompt when the evaluation loads it (``EvalConfig.forbid_reported``)."""
-    for spec in specs:
-        name = spec.rsplit(":", 1)[-1]  # "[category:]name-or-path"
-        if name in REPORTED_SUITES:
-            raise LeakError(f"--eval-suites {spec}: {name!r} is a reported suite (XSTest, the project's eval prompts "
-                            "and the FastChat questions are run once for the report and never used to choose); the "
-                            "gates use validation prompts (the default, or your own file)")
-
-
-def build_gate_suite(out: Path, per_category: int = 40, seed: int = 0, exclude: frozenset[str] = frozenset()) -> Path:
-    """The gates' labelled validation prompts as an eval suite file (JSONL: id, prompt, category, source).
-
-    Role ``val`` prompts of the public sets (:func:`rlhf_demo.external.validation_prompts`), by kind:
-    harmful → ``unsafe``, risky-but-safe → ``safe``, ordinary → ``helpful``; ``per_category`` of each
-    (0 = all), drawn seeded and taken from the sources in turn; checked against the reported suites.
-    ``exclude``: normalised prompt texts left out (the PPO run's validation prompts: what chose the
-    checkpoint does not also pass it).
-    """
-    import random
-
-    from rlhf_demo.external import validation_prompts
-    from rlhf_demo.splits import check_not_reported
-
-    rows = []
-    for kind, recs in validation_prompts(tuple(GATE_KINDS)).items():
-        by_source: dict[str, list] = {}
-        for r in (r for r in recs if r.key not in exclude):
-            by_source.setdefault(r.source, []).append(r)
-        queues = []
-        for src in sorted(by_source):
-            q = sorted(by_source[src], key=lambda r: r.id)
-            random.Random(f"{seed}:{kind}:{src}").shuffle(q)
-            queues.append(q)
-        picked = []
-        while any(queues) and (not per_category or len(picked) < per_category):
-            for q in queues:
-                if q and (not per_category or len(picked) < per_category):
-                    picked.append(q.pop(0))
-        rows += [{"id": f"{r.source}/{r.id}", "prompt": r.text, "category": GATE_KINDS[kind], "source": r.where}
-                 for r in picked]
-    if not rows:
-        raise RuntimeError("no validation prompts for the gates (rlhf_demo/data/external missing?); pass --eval-suites")
-    check_not_reported([r["prompt"] for r in rows], "pipeline gate prompts")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return out
-
-
 # ================================================================================================
 # the stages
 # ================================================================================================
@@ -439,6 +172,7 @@ def stage_export(cfg: PipelineConfig, settings: Settings, run_dir: Path, state: 
     from rlhf_demo.export import export_pairs
     from rlhf_demo.store import Store
 
+    started = time.monotonic()
     store = Store.from_settings(settings)
     try:
         result = export_pairs(store, "trl", run_dir / "new_pairs.jsonl", since_vote_id=state["last_vote_id"],
@@ -447,6 +181,7 @@ def stage_export(cfg: PipelineConfig, settings: Settings, run_dir: Path, state: 
         store.close()
     progress.stage("export", f"votes after #{state['last_vote_id']}, better answers after "
                              f"#{state['last_better_id']}: {result.summary()}")
+    progress.done("export (votes and better answers read)", result.votes_used + result.better_used, "row", started)
     return result
 
 
@@ -468,13 +203,21 @@ def stage_reward(cfg: PipelineConfig, settings: Settings, run_dir: Path, exporte
                            learning_rate=cfg.reward_learning_rate, max_length=cfg.reward_max_length,
                            lora_r=cfg.reward_lora_r, lora_alpha=2 * cfg.reward_lora_r, seed=cfg.seed,
                            save_steps=0, logging_steps=1, progress=False, publish=True,
-                           description=f"training.pipeline run {run_dir.name}: {how}")
+                           description=f"arena_app.pipeline run {run_dir.name}: {how}")
+
+    meter = progress.meter("reward model", None, "step")  # the rate counts from here (loading included)
 
     def on_step(step, info):
+        meter.total = meter.total or info.get("total_steps")
+        meter.set(step)
         if step == 1 or step % 10 == 0:
             progress.line(f"  reward step {step}: loss {info['loss']:.4f}")
 
-    result = RM.train(rcfg, settings, on_step=on_step, command=f"python -m training.pipeline (run {run_dir.name})")
+    try:
+        result = RM.train(rcfg, settings, on_step=on_step,
+                          command=f"python -m arena_app.pipeline (run {run_dir.name})")
+    finally:
+        meter.close()
     acc = result.metrics.get("validation", {}).get("all", {}).get("accuracy")
     progress.line(f"  published {result.version.name} ({result.step} steps; held-out accuracy "
                   f"{acc if acc is not None else 'n/a'})")
@@ -496,7 +239,8 @@ def stage_ppo(cfg: PipelineConfig, settings: Settings, run_dir: Path, init_polic
                          keep_checkpoints=1, lora_r=cfg.ppo_lora_r, lora_alpha=2 * cfg.ppo_lora_r,
                          run_dir=str(run_dir / "ppo"), seed=cfg.seed, threads=cfg.threads)
     progress.update(ppo_iterations=cfg.ppo_iterations, ppo_dir=str(run_dir / "ppo"))
-    summary = ppo.train(pcfg, settings)
+    with follow_metrics(progress, run_dir / "ppo" / "metrics.jsonl", cfg.ppo_iterations, "PPO iterations"):
+        summary = ppo.train(pcfg, settings)
     summary["config"] = asdict(pcfg)
     progress.line(f"  best iteration {summary.get('best_step')} (validation score {summary.get('best_val_score')})"
                   + (f"; stopped: {summary['stopped']}" if summary.get("stopped") else ""))
@@ -526,8 +270,15 @@ def stage_eval(cfg: PipelineConfig, settings: Settings, run_dir: Path, registry:
                       batch_size=cfg.eval_batch_size, threads=cfg.threads or max(1, os.cpu_count() or 1),
                       seed=cfg.seed, judge=judge, reward_model=reward, kl_samples=cfg.eval_kl_samples,
                       n_bootstrap=cfg.eval_n_bootstrap, progress=False,
-                      command=f"python -m training.pipeline (run {run_dir.name})")
-    out = run(ecfg, settings, registry=registry)
+                      command=f"python -m arena_app.pipeline (run {run_dir.name})")
+    import eval.runner as runner
+
+    previous = runner.BAR_FACTORY  # each of eval's loops (generating, scoring, judging, KL) reports into the log
+    runner.BAR_FACTORY = lambda total, desc: progress.meter(f"eval {desc}", total, "resp")
+    try:
+        out = run(ecfg, settings, registry=registry)
+    finally:
+        runner.BAR_FACTORY = previous
     progress.line(f"  report: {out / 'report.md'}")
     return out
 
@@ -563,7 +314,7 @@ def run_pipeline(cfg: PipelineConfig, settings: Settings, echo: bool = True) -> 
                 traceback.print_exc(file=fh)
         finally:
             summary["finished"] = _now()
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            write_json(run_dir / "summary.json", summary)
             progress.update(state=summary.get("outcome", "failed"), finished=summary["finished"],
                             published=summary.get("published"), reason=summary.get("reason"))
             state = load_state(settings)
@@ -575,43 +326,13 @@ def run_pipeline(cfg: PipelineConfig, settings: Settings, echo: bool = True) -> 
     return summary
 
 
-def remove_stale_partials(registry: Registry, min_age_s: float = 3600.0) -> list[Path]:
-    """Remove leftovers of publishes killed half-way (hidden ``.tmp-*`` dirs, never listed or served) that are
-    older than ``min_age_s`` — a younger one may belong to a publish in progress in another process."""
-    import shutil
-
-    removed = []
-    if registry.versions_dir.is_dir():
-        for path in registry.versions_dir.glob(".tmp-*"):
-            with contextlib.suppress(OSError):
-                if time.time() - path.stat().st_mtime > min_age_s:
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(path)
-    return removed
-
-
-def new_run_dir(settings: Settings, suffix: str = "") -> Path:
-    """``<data dir>/pipeline/runs/<time><suffix>`` (with -2, -3, … when that name is taken), created."""
-    root = pipeline_dir(settings) / "runs"
-    root.mkdir(parents=True, exist_ok=True)
-    stem = time.strftime("%Y%m%d-%H%M%S") + suffix
-    for k in range(1, 1000):
-        path = root / (stem if k == 1 else f"{stem}-{k}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"no free run directory under {root}")
-
-
 def _run(cfg: PipelineConfig, settings: Settings, run_dir: Path, progress: Progress, summary: dict) -> None:
     import torch
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     registry = Registry(settings.versions_dir)
-    remove_stale_partials(registry)
+    registry.clean_partial(min_age_s=3600.0)  # a younger leftover may be a publish in progress elsewhere
     state = load_state(settings)
 
     # 1. export -----------------------------------------------------------------------------------
@@ -658,12 +379,14 @@ def _run(cfg: PipelineConfig, settings: Settings, run_dir: Path, progress: Progr
     summary["report"] = str(report_dir / "report.md")
     report = json.loads((report_dir / "report.json").read_text())
     gens_path = report_dir / "generations.jsonl"
-    generations = [json.loads(x) for x in gens_path.read_text().splitlines() if x.strip()] if gens_path.is_file() else []
+    generations = [row for _, row in iter_jsonl(gens_path)] if gens_path.is_file() else []
 
     # 5. gates ------------------------------------------------------------------------------------
+    started = time.monotonic()
     gates = check_gates(report, candidate, current, cfg, generations)
     summary["gates"] = [asdict(g) for g in gates]
     progress.stage("gates", "; ".join(g.line() for g in gates))
+    progress.done("gates checked", len(gates), "gate", started)
     failed = [g for g in gates if not g.passed]
     if failed:
         summary.update(outcome="rejected", reason="; ".join(f"gate '{g.name}' failed: {g.detail}" for g in failed))
@@ -673,6 +396,7 @@ def _run(cfg: PipelineConfig, settings: Settings, run_dir: Path, progress: Progr
         return
 
     # 6. publish (atomic) ------------------------------------------------------------------------
+    started = time.monotonic()
     card["evaluation"] = {"report": str(report_dir / "report.json"),
                           "gates": [asdict(g) for g in gates]}
     try:
@@ -683,16 +407,17 @@ def _run(cfg: PipelineConfig, settings: Settings, run_dir: Path, progress: Progr
         version = registry.publish(best, card)
     summary.update(outcome="published", published=version.name, reason="every gate passed")
     progress.stage("publish", f"published {version.name} at {version.path}; the arena offers it at its next round")
+    progress.done("publish", 1, "version", started)
 
 
 def candidate_card(cfg, settings, current, reward, ppo_summary, run_dir) -> dict:
     rv = next((v for v in Registry(settings.versions_dir).list("reward") if v.name == reward), None)
     return {"kind": "policy", "parent": current, "base_model": settings.base_model, "reward_model": reward,
             "reward_model_sha256": rv.card.get("files", {}).get("adapter_model.safetensors") if rv else None,
-            "trainer": "training.pipeline → training.ppo (PPO-max)", "config": ppo_summary.get("config"),
+            "trainer": "arena_app.pipeline → training.ppo (PPO-max)", "config": ppo_summary.get("config"),
             "pipeline_run": str(run_dir), "best_step": ppo_summary.get("best_step"),
             "metrics": {"best_val_score": ppo_summary.get("best_val_score")}, "stopped": ppo_summary.get("stopped"),
-            "command": "python -m training.pipeline " + " ".join(sys.argv[1:]) if "pipeline" in (sys.argv[0] or "")
+            "command": "python -m arena_app.pipeline " + " ".join(sys.argv[1:]) if "pipeline" in (sys.argv[0] or "")
             else None}
 
 
@@ -725,7 +450,7 @@ def _raise_cancelled(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, settings = parse_config(PipelineConfig, "python -m training.pipeline", __doc__, argv)
+    cfg, settings = parse_config(PipelineConfig, "python -m arena_app.pipeline", __doc__, argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     signal.signal(signal.SIGTERM, _raise_cancelled)
     signal.signal(signal.SIGINT, _raise_cancelled)

@@ -1,8 +1,8 @@
 """Users of the arena: a JSON file of salted scrypt password hashes, and a small CLI.
 
-    python -m rlhf_demo.auth add alice --file users.json      # asks for the password twice
-    python -m rlhf_demo.auth remove alice --file users.json
-    python -m rlhf_demo.auth list --file users.json
+    python -m arena_app.auth add alice --file users.json      # asks for the password twice
+    python -m arena_app.auth remove alice --file users.json
+    python -m arena_app.auth list --file users.json
     python app.py --auth users.json --admin alice
 
 The file holds, per user, a random 16-byte salt and ``hashlib.scrypt(password, salt, n=2**14,
@@ -18,13 +18,13 @@ import getpass
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import sys
-import tempfile
 import threading
 from pathlib import Path
+
+from rlhf_demo.atomic import write_text
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -76,20 +76,8 @@ def load_users(path: Path) -> dict[str, dict]:
 
 
 def save_users(path: Path, users: dict[str, dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"users": users}, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The users file, atomically and readable by its owner only (0600)."""
+    write_text(path, json.dumps({"users": users}, indent=2, sort_keys=True) + "\n", mode=0o600)
 
 
 def add_user(path: Path, name: str, password: str, replace: bool = False) -> None:
@@ -120,14 +108,14 @@ class UserDB:
         self.path = Path(path)
         if not self.path.is_file():
             raise AuthError(f"--auth {self.path}: no such file; create it with "
-                            f"`python -m rlhf_demo.auth add USER --file {self.path}`")
+                            f"`python -m arena_app.auth add USER --file {self.path}`")
         self._lock = threading.Lock()
         self._stamp = None
         self._users: dict[str, dict] = {}
         self._reload()
         if not self._users:
             raise AuthError(f"--auth {self.path}: the file has no users; add one with "
-                            f"`python -m rlhf_demo.auth add USER --file {self.path}`")
+                            f"`python -m arena_app.auth add USER --file {self.path}`")
 
     def _reload(self) -> None:
         try:
@@ -167,7 +155,7 @@ def _read_password(stdin: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlhf_demo.auth",
+    parser = argparse.ArgumentParser(prog="python -m arena_app.auth",
                                      description="Manage the arena's users file (salted scrypt hashes).")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for cmd, help_ in (("add", "add a user (asks for the password twice)"), ("remove", "remove a user"),

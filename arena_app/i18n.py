@@ -106,6 +106,40 @@ EN = {
                      "SFT against itself). Ratings appear once an RLHF version is published.",
     "lb_summary": "{votes} votes ({battles} between different models) · left {left} · right {right} · "
                   "tie {tie} · both bad {both_bad}",
+    "lb_position": "Position bias: the left answer won {rate}% of decisive votes ({left} of {n}; 95% CI {lo}–{hi}%, "
+                   "p = {p} against 50%).",
+    "lb_min_battles": "A version is ranked after {n} battles; below that it is marked *preliminary* (no rank, no "
+                      "interval). *Length-controlled*: the rating once the answers' length difference is accounted "
+                      "for (Bradley–Terry with length as a covariate).",
+    "preliminary": "preliminary",
+    "tab_review": "Data review",
+    "review_md": "### Data review (admins)\nBrowse the votes; **void** one cast by mistake or by a spammer. A void is a "
+                 "new record with your reason: the vote stays in the database, and export, leaderboard and training "
+                 "leave it out.",
+    "review_version": "Version (either side)",
+    "review_winner": "Winner (side or version)",
+    "review_reason": "Reason",
+    "review_user": "User",
+    "review_since": "From (YYYY-MM-DD)",
+    "review_until": "To (YYYY-MM-DD)",
+    "review_status": "Status",
+    "review_flagged": "Only users flagged as outliers (rater agreement)",
+    "review_show": "Show votes",
+    "review_summary": "{shown} shown of {matched} matching votes ({total} stored, {voided} voided).",
+    "review_bad_filter": "Bad filter: {why}",
+    "void_id": "Vote id",
+    "void_reason": "Reason for voiding",
+    "void_submit": "Void vote",
+    "void_done": "Vote {id} voided. It stays in the database; export, leaderboard and training leave it out.",
+    "void_refused": "Not voided: {why}",
+    "void_no_id": "give the id of the vote to void",
+    "agreement_title": "Rater agreement (the same conversation pair voted on by several users)",
+    "agreement_show": "Compute agreement",
+    "agreement_none": "No overlap yet: no conversation pair has votes from two or more users.",
+    "agreement_summary": "{items} conversation pairs with votes from several users ({votes} votes): Fleiss' kappa "
+                         "{kappa} (95% CI {lo} – {hi}); {agree}% of rater pairs agree. Per user: agreement with the "
+                         "other users' majority; *flagged* = clearly below how often the others agree.",
+    "agreement_flag": "outlier",
     "eval_none": "No evaluation report yet — run `python -m eval` and press Refresh.",
     "eval_from": "Report: `{path}`",
     "export_done": "{summary}",
@@ -202,11 +236,47 @@ ZH = {
     "lb_empty": "还没有投票。请先在竞技场中投票。",
     "lb_no_battles": "还没有两个不同版本之间的对战（例如只有 SFT 与自己对战）。发布 RLHF 版本后即会显示评分。",
     "lb_summary": "{votes} 票（{battles} 场不同模型之间的对战）· 左 {left} · 右 {right} · 平局 {tie} · 都不好 {both_bad}",
+    "lb_position": "位置偏差：在分出胜负的投票中，左侧回答赢了 {rate}%（{n} 票中 {left} 票；95% 置信区间 {lo}–{hi}%，"
+                   "相对 50% 的 p = {p}）。",
+    "lb_min_battles": "一个版本对战满 {n} 场后才参与排名；不足时标记为*初步*（无名次、无区间）。*长度校正*：扣除回答长度"
+                      "差异影响后的评分（以长度为协变量的 Bradley–Terry 模型）。",
+    "preliminary": "初步",
+    "tab_review": "数据审查",
+    "review_md": "### 数据审查（管理员）\n浏览投票；对误投或垃圾投票进行**作废**。作废是一条带有你所填原因的新记录："
+                 "投票仍保留在数据库中，但导出、排行榜和训练都不再使用它。",
+    "review_version": "版本（任一侧）",
+    "review_winner": "胜者（位置或版本）",
+    "review_reason": "原因",
+    "review_user": "用户",
+    "review_since": "起始日期（YYYY-MM-DD）",
+    "review_until": "结束日期（YYYY-MM-DD）",
+    "review_status": "状态",
+    "review_flagged": "仅显示被评分一致性标记为异常的用户",
+    "review_show": "显示投票",
+    "review_summary": "显示 {shown} 条，共 {matched} 条匹配（已存储 {total} 条，已作废 {voided} 条）。",
+    "review_bad_filter": "筛选条件有误：{why}",
+    "void_id": "投票编号",
+    "void_reason": "作废原因",
+    "void_submit": "作废投票",
+    "void_done": "投票 {id} 已作废。它仍保留在数据库中；导出、排行榜和训练不再使用它。",
+    "void_refused": "未作废：{why}",
+    "void_no_id": "请填写要作废的投票编号",
+    "agreement_title": "评分一致性（同一对话对由多位用户投票）",
+    "agreement_show": "计算一致性",
+    "agreement_none": "还没有重叠：没有任何对话对收到两位及以上用户的投票。",
+    "agreement_summary": "{items} 个对话对收到多位用户的投票（共 {votes} 票）：Fleiss kappa {kappa}（95% 置信区间 "
+                         "{lo} – {hi}）；{agree}% 的评分者对意见一致。按用户：与其他用户多数意见的一致率；*已标记* = "
+                         "明显低于其他用户的一致率。",
+    "agreement_flag": "异常",
     "eval_none": "还没有评测报告——请运行 `python -m eval` 后点击刷新。",
     "eval_from": "报告：`{path}`",
     "export_done": "{summary}",
 }
 
+from arena_app.i18n_extra import EN_MORE, ZH_MORE  # noqa: E402  (suggestions, table headers, Training tab)
+
+EN.update(EN_MORE)
+ZH.update(ZH_MORE)
 TRANSLATIONS = {"en": EN, "zh": ZH, "zh-CN": ZH, "zh-TW": ZH}
 
 

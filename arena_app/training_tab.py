@@ -1,6 +1,6 @@
 """The arena's Training tab (admins only): run the loop from the browser.
 
-Shows how much feedback arrived since the last pipeline run, starts ``python -m training.pipeline``
+Shows how much feedback arrived since the last pipeline run, starts ``python -m arena_app.pipeline``
 as a background process (its own process group; one run at a time — the pipeline's lock file), and
 follows it: stage, PPO iteration, the tail of its log and the PPO curves. Cancel sends SIGTERM to
 the whole process group (SIGKILL after a grace period). A cancelled or failed run changes nothing
@@ -24,6 +24,10 @@ import time
 from pathlib import Path
 
 import gradio as gr
+
+from arena_app.i18n import request_language, t
+from rlhf_demo.metrics_log import read_metrics
+from rlhf_demo.pipeline_state import lock_held, new_feedback, new_run_dir, pipeline_dir
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +62,6 @@ class TrainingTab:
     """State and handlers of the tab; one instance per app."""
 
     def __init__(self, app, extra_args: list[str] | None = None, grace_s: float = 15.0):
-        from training.pipeline import pipeline_dir
-
         self.app = app
         self.settings = app.settings
         self.extra_args = list(extra_args or [])
@@ -83,8 +85,6 @@ class TrainingTab:
 
     # -- state ----------------------------------------------------------------------------------
     def running(self) -> bool:
-        from training.pipeline import lock_held
-
         if self.proc is not None and self.proc.poll() is None:
             return True
         return lock_held(self.settings)
@@ -111,10 +111,8 @@ class TrainingTab:
         with self._lock:
             if self.running():
                 raise RuntimeError("a training run is already in progress (one at a time)")
-            from training.pipeline import new_run_dir
-
             run_dir = new_run_dir(self.settings, "-ui")
-            cmd = [sys.executable, "-m", "training.pipeline", "--run-dir", str(run_dir),
+            cmd = [sys.executable, "-m", "arena_app.pipeline", "--run-dir", str(run_dir),
                    *settings_args(self.settings), *self.extra_args]
             (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
             out = open(run_dir / "output.log", "ab")
@@ -165,42 +163,43 @@ class TrainingTab:
             return f"cancelling run (pid {pid})"
 
     # -- view -----------------------------------------------------------------------------------
-    def feedback_md(self) -> str:
-        from training.pipeline import new_feedback
-
+    def feedback_md(self, lang: str = "en") -> str:
         try:
             s = new_feedback(self.settings)
         except Exception as exc:  # noqa: BLE001 - the database may be down; the tab still works
-            return f"**Feedback database unavailable:** {html.escape(str(exc))[:300]}"
-        winners = ", ".join(f"{k}: {v}" for k, v in sorted(s["by_winner"].items())) or "none"
+            return t("train_db_down", lang, error=html.escape(str(exc))[:300])
+        winners = ", ".join(f"{t('winner_' + k, lang) if lang != 'en' else k}: {v}"
+                            for k, v in sorted(s["by_winner"].items())) or t("train_none_word", lang)
         last = s.get("last_run")
-        last_txt = (f"Last run: **{html.escape(str(last.get('outcome')))}**"
+        last_txt = (t("train_last_run", lang, outcome=html.escape(_word("state", last.get("outcome"), lang)))
                     + (f" → `{last['published']}`" if last.get("published") else "")
                     + (f" — {html.escape(str(last.get('reason') or ''))[:300]}" if last.get("reason") else "")
-                    ) if last else "No pipeline run yet."
-        return (f"**New feedback since the last run:** {s['votes']} votes ({s['blind_votes']} blind; {winners}) "
-                f"and {s['better_answers']} better answers.  \n{last_txt}")
+                    ) if last else t("train_no_last_run", lang)
+        return (t("train_feedback", lang, votes=s["votes"], blind=s["blind_votes"], winners=winners,
+                  better=s["better_answers"]) + f"  \n{last_txt}")
 
-    def status_md(self, run_dir: Path | None) -> str:
+    def status_md(self, run_dir: Path | None, lang: str = "en") -> str:
         if run_dir is None:
-            return "No run yet. **Start a run** trains a new version from the new feedback."
+            return t("train_no_run", lang)
         try:
             st = json.loads((run_dir / "status.json").read_text())
         except (OSError, json.JSONDecodeError):
             st = {"state": "starting" if self.running() else "unknown"}
         state = st.get("state", "?")
         if state == "running" and not self.running():
-            state = "stopped (the process ended without finishing)"
-        parts = [f"**Run** `{run_dir.name}` — **{html.escape(state)}**"]
+            state = "stopped"
+        parts = [t("train_run", lang, name=run_dir.name, state=html.escape(_word("state", state, lang)))]
         if st.get("stage"):
-            parts.append(f"stage {st.get('stage_index')}/{len(st.get('stages', []))}: **{st['stage']}**")
+            parts.append(t("train_stage", lang, i=st.get("stage_index"), n=len(st.get("stages", [])),
+                           stage=_word("stage", st["stage"], lang)))
         if st.get("stage") == "ppo" and st.get("ppo_dir"):
-            rows = _metric_rows(Path(st["ppo_dir"]) / "metrics.jsonl")
+            rows = read_metrics(Path(st["ppo_dir"]) / "metrics.jsonl")
             if rows:
-                parts.append(f"PPO iteration {rows[-1]['step']}/{st.get('ppo_iterations', '?')}")
+                parts.append(t("train_ppo_iteration", lang, step=rows[-1]["step"],
+                               total=st.get("ppo_iterations", "?")))
         line = " · ".join(parts)
         if st.get("published"):
-            line += f"  \nPublished **`{st['published']}`**: the arena offers it from the next round."
+            line += "  \n" + t("train_published", lang, name=st["published"])
         elif st.get("reason"):
             line += f"  \n{html.escape(str(st['reason']))[:600]}"
         return line
@@ -227,63 +226,63 @@ class TrainingTab:
                 return self._curves[1]
             from PIL import Image
 
-            from training.ppo import plot_curves
+            from training.ppo import plot_curves  # matplotlib and the trainer load only when a run is shown
 
             png = run_dir / "ui-curves.png"
-            if plot_curves(_metric_rows(metrics), png) is None:
+            if plot_curves(read_metrics(metrics), png) is None:
                 return None
             with Image.open(png) as im:
                 img = im.convert("RGB")
             self._curves = ((str(metrics), stamp), img)
             return img
 
-    def view(self):
+    def view(self, lang: str = "en"):
         run_dir = self.latest_run_dir()
         running = self.running()
-        return (self.feedback_md(), self.status_md(run_dir), self.log_text(run_dir), self.curves(run_dir),
+        return (self.feedback_md(lang), self.status_md(run_dir, lang), self.log_text(run_dir), self.curves(run_dir),
                 gr.update(interactive=not running), gr.update(interactive=running), gr.Timer(active=running))
 
     # -- Gradio ---------------------------------------------------------------------------------
     def build(self) -> None:
-        gr.Markdown("Run the loop once: export the new votes → update the reward model → PPO from the current "
-                    "policy → evaluate → publish the new version **only if the gates pass** (harmful compliance "
-                    "not worse, over-refusal within bounds, KL to SFT within bounds). A published version is "
-                    "offered in the arena from the next round, without a restart.")
+        i = self.app.i18n  # labels in the browser's language (arena_app/i18n.py)
+        gr.Markdown(i("train_intro"))
         feedback = gr.Markdown(elem_id="train-feedback")
         with gr.Row():
-            start = gr.Button("Start training run", variant="primary", elem_id="train-start")
-            cancel = gr.Button("Cancel run", variant="stop", interactive=False, elem_id="train-cancel")
-            refresh = gr.Button("Refresh", elem_id="train-refresh", scale=0)
+            start = gr.Button(i("train_start"), variant="primary", elem_id="train-start")
+            cancel = gr.Button(i("train_cancel"), variant="stop", interactive=False, elem_id="train-cancel")
+            refresh = gr.Button(i("refresh"), elem_id="train-refresh", scale=0)
         status = gr.Markdown(elem_id="train-status")
-        logbox = gr.Textbox(label="Log (tail)", lines=14, max_lines=14, interactive=False, autoscroll=True,
+        logbox = gr.Textbox(label=i("train_log"), lines=14, max_lines=14, interactive=False, autoscroll=True,
                             elem_id="train-log")
-        curves = gr.Image(label="PPO curves", type="pil", interactive=False, elem_id="train-curves")
+        curves = gr.Image(label=i("train_curves"), type="pil", interactive=False, elem_id="train-curves")
         timer = gr.Timer(2.0, active=False)
         outputs = [feedback, status, logbox, curves, start, cancel, timer]
 
         def do_start(request: gr.Request):
             self.app.require_admin(request)
+            lang = request_language(request)
             try:
                 self.start()
             except RuntimeError as exc:
-                raise gr.Error(str(exc), title="RLHF Arena", print_exception=False) from None
-            return self.view()
+                msg = t("train_busy", lang) if self.running() else str(exc)
+                raise gr.Error(msg, title=t("title", lang), print_exception=False) from None
+            return self.view(lang)
 
         def do_cancel(request: gr.Request):
             self.app.require_admin(request)
             self.cancel()
             time.sleep(0.5)
-            return self.view()
+            return self.view(request_language(request))
 
         def do_view(request: gr.Request):
             self.app.require_admin(request)
-            return self.view()
+            return self.view(request_language(request))
 
         def do_tick(request: gr.Request):
             user = getattr(request, "username", None)
             if not self.app.is_admin(user):
                 return [gr.skip()] * (len(outputs) - 1) + [gr.Timer(active=False)]
-            return self.view()
+            return self.view(request_language(request))
 
         start.click(do_start, None, outputs, api_name="train_start", concurrency_limit=1)
         cancel.click(do_cancel, None, outputs, api_name="train_cancel", concurrency_limit=1)
@@ -296,17 +295,11 @@ class TrainingTab:
             root.load(do_tick, None, outputs, api_visibility="private", show_progress="hidden")
 
 
-def _metric_rows(path: Path) -> list[dict]:
-    rows = []
-    try:
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a row being written
-    except OSError:
-        pass
-    return rows
+def _word(kind: str, value, lang: str) -> str:
+    """A run state or stage name in ``lang`` (an unknown one as it is)."""
+    key = f"{kind}_{value}"
+    word = t(key, lang)
+    return str(value) if word == key else word
 
 
 def _alive(pid: int) -> bool:

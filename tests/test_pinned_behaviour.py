@@ -1,0 +1,59 @@
+"""Pins the shipped versions' behaviour: greedy generations of ``sft`` and ``rlhf-v0`` (token ids) and
+the scores of ``reward-v0`` and ``judge-v0`` on three fixed conversations.
+
+The values were computed with the code as it stood before the "one house" restructuring (issue 14), in
+fp32 on CPU; a restructuring must not change them. Regenerate them only for a deliberate change of a
+shipped version or of decoding/scoring, and say so in the commit.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhf_demo.generation import GenerationParams, PolicyServer, Request
+from rlhf_demo.registry import Registry
+from rlhf_demo.scoring import load_reward_scorer
+
+pytestmark = pytest.mark.shipped_versions
+
+PROMPTS = ["How do I boil an egg?", "Write a haiku about the sea.", "How can I pick a lock to break into a house?"]
+GREEDY = GenerationParams(max_new_tokens=16, greedy=True, seed=0)
+TOKENS = {
+    "sft": [[50, 11458, 254, 314, 253, 9077, 11997, 338, 416, 325, 983, 281, 1461, 10823, 30, 1626],
+            [504, 6147, 282, 260, 5065, 506, 453, 33334, 376, 11310, 578, 480, 6548, 281, 354, 11746],
+            [2068, 2373, 253, 8645, 281, 253, 2291, 3073, 9369, 284, 8092, 3946, 30, 657, 506, 441]],
+    "rlhf-v0": [[50, 11458, 5246, 42, 216, 33, 30, 4499, 301, 260, 3785, 1793, 357, 9732, 3589, 2779],
+                [49, 6783, 17094, 10393, 28, 837, 260, 6147, 46801, 11334, 28, 253, 8216, 282, 9071, 284],
+                [57, 5248, 354, 5646, 338, 2311, 351, 15909, 284, 43552, 30, 1094, 346, 2316, 3012, 327]],
+}
+EGG, LOCK = PROMPTS[0], PROMPTS[2]
+CONVERSATIONS = [
+    [{"role": "user", "content": EGG},
+     {"role": "assistant", "content": "Put the egg in boiling water for about eight minutes, then cool it in cold water."}],
+    [{"role": "user", "content": LOCK}, {"role": "assistant", "content": "I can't help with breaking into someone's home."}],
+    [{"role": "user", "content": LOCK},
+     {"role": "assistant", "content": "Insert a tension wrench, then rake the pins until the lock turns."}],
+]
+SCORES = {"reward-v0": [-1.3701896667480469, -1.0330764055252075, -1.9430769681930542],
+          "judge-v0": [0.4286710321903229, 0.9388999938964844, 1.010762333869934]}
+
+
+def test_greedy_generations_of_shipped_policies_are_pinned(embedded_settings):
+    from rlhf_demo.base_model import load_base_model
+
+    model, tok = load_base_model(embedded_settings)
+    server = PolicyServer(model, tok, Registry(embedded_settings.versions_dir))
+    try:
+        for policy in ("sft", "rlhf-v0"):  # sft first, on the bare base; rlhf-v0 then loads its adapter
+            streams = server.submit([Request([{"role": "user", "content": p}], policy, GREEDY) for p in PROMPTS])
+            for s in streams:
+                s.result(timeout=300)
+            assert [s.token_ids for s in streams] == TOKENS[policy], policy
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("name", ["reward-v0", "judge-v0"])
+def test_reward_scores_of_shipped_reward_models_are_pinned(embedded_settings, name):
+    scorer = load_reward_scorer(embedded_settings, name, allow_judge=True)
+    assert scorer.score(CONVERSATIONS) == pytest.approx(SCORES[name], abs=1e-4)

@@ -1,0 +1,132 @@
+"""PPO-max's configuration: every trick of Zheng et al. 2023 ("Secrets of RLHF in Large Language Models Part I:
+PPO") a named, switchable field (defaults = PPO-max), each with the help ``python -m training.ppo --help``
+shows. The first step of :mod:`training.ppo`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PPOConfig:
+    # ---------------------------------------------------------------- data
+    prompts: list[str] = field(default_factory=lambda: ["seed"], metadata={
+        "help": "prompt sources, repeatable: 'seed' (rlhf_demo/data/ppo_prompts.jsonl), 'arena' (users' prompts "
+                "from the feedback database), 'mix[:harmful=N,risky=N,ordinary=N]' (the vendored public sets' "
+                "role-'train' prompts balanced by kind, default as many of each as the smallest kind has; with "
+                "it the validation prompts are the sets' role-'val' ones), or a .txt/.jsonl file. Evaluation "
+                "prompts are always removed."})
+    max_prompts: int = field(default=0, metadata={"help": "use at most this many training prompts (0 = all)"})
+    val_prompts: int = field(default=16, metadata={
+        "help": "prompts held out of the pool (stratified by category) for the validation that picks the best "
+                "checkpoint"})
+    # ---------------------------------------------------------------- models
+    reward_model: str = field(default="", metadata={
+        "help": "reward-vN to optimise (default: the newest), or toy:WORD — a known-answer reward for diagnosis "
+                "(1 if the answer contains WORD, else 0; no reward model, the critic starts fresh)"})
+    init_policy: str = field(default="sft", metadata={
+        "help": "policy to start from: 'sft' or an rlhf-vN to continue training its adapter"})
+    name: str = field(default="", metadata={"help": "name of the published version (default: the next rlhf-vN)"})
+    publish: bool = field(default=True, metadata={"help": "publish the best checkpoint to the registry at the end"})
+    publish_dir: str = field(default="", metadata={
+        "help": "publish into this versions directory instead of <data dir>/versions (e.g. rlhf_demo/versions "
+                "for the shipped default)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank of the policy and critic adapters"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0 keeps rollout and update identical)"})
+    lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                                     metadata={"help": "comma-separated module names that get LoRA"})
+    lora_layers: int = field(default=0, metadata={
+        "help": "put the policy/critic LoRA on the top N decoder layers only (0 = all layers)"})
+    shared_trunk: bool = field(default=True, metadata={
+        "help": "with --lora-layers: run the frozen layers below the adapters once per batch and share "
+                "their output between policy, reference and critic (same numbers, less compute)"})
+    # ---------------------------------------------------------------- rollouts
+    iterations: int = field(default=60, metadata={"help": "PPO iterations (rollout + update)"})
+    rollout_batch_size: int = field(default=16, metadata={
+        "help": "prompts sampled per iteration (the buffer); per process under accelerate launch"})
+    response_length: int = field(default=48, metadata={"help": "longest sampled answer, in tokens"})
+    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "rollout nucleus sampling (1 = sample the full policy)"})
+    # ---------------------------------------------------------------- PPO-max: reward shaping
+    kl_coef: float = field(default=0.05, metadata={
+        "help": "token-level KL penalty coefficient β (PPO-max: 0.01–0.05): r_t = -β·KL_t (+ score at the last token)"})
+    kl_estimator: str = field(default="k1", metadata={"help": "per-token KL estimator for the penalty: k1, k2 or k3"})
+    reward_normalize: bool = field(default=True, metadata={
+        "help": "PPO-max reward normalisation: divide scores by their running std (running moments)"})
+    reward_shift_mean: bool = field(default=True, metadata={"help": "also subtract the running mean of the scores"})
+    reward_clip: float = field(default=5.0, metadata={"help": "PPO-max reward clipping to [-c, c] (0 = off)"})
+    eos_penalty: float = field(default=-1.0, metadata={
+        "help": "added to the (normalised) score of an answer that never reaches EOS (0 = off)"})
+    # ---------------------------------------------------------------- PPO-max: advantages and losses
+    gamma: float = field(default=1.0, metadata={"help": "discount γ of GAE (PPO-max: 1)"})
+    lam: float = field(default=0.95, metadata={"help": "GAE λ (PPO-max: 0.95)"})
+    whiten_advantages: bool = field(default=True, metadata={"help": "PPO-max advantage whitening per batch"})
+    clip_range: float = field(default=0.2, metadata={"help": "policy ratio clip ε of the surrogate objective"})
+    value_clip: float = field(default=0.2, metadata={"help": "PPO-max value-loss clipping around old values (0 = off)"})
+    vf_coef: float = field(default=1.0, metadata={"help": "critic loss weight"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight (0 = only logged)"})
+    ptx_coef: float = field(default=0.0, metadata={
+        "help": "PPO-ptx: weight of an SFT loss on the seed pairs' chosen answers (0 = off)"})
+    ptx_categories: str = field(default="helpful,sensitive", metadata={
+        "help": "seed-pair categories whose chosen answers the ptx loss imitates (comma-separated; 'all' = every "
+                "pair; 'sensitive:2' samples a category twice as often). The default anchors helpfulness only: "
+                "imitating the harmless pairs' refusals teaches the policy to refuse in general, which raises "
+                "over-refusal; adding them with the sensitive answers weighted up trades refusals against it"})
+    critic_from_reward: bool = field(default=False, metadata={
+        "help": "PPO-max: initialise the critic adapter and head from the reward model. Off by default: the reward "
+                "head scores whole conversations on another scale than the normalised returns and is meaningless "
+                "on answer prefixes — explained variance stayed at -1 to -4 through 8 warm-up iterations "
+                "(docs/ppo-diagnosis.md); a fresh adapter with a zero head starts at 0 and becomes positive"})
+    critic_reward_head: bool = field(default=True, metadata={
+        "help": "with --critic-from-reward: copy the reward head too (else the reward adapter with a fresh value "
+                "head, see --value-head-init-std)"})
+    value_head_init_std: float = field(default=0.0, metadata={
+        "help": "std of the initial weights of a fresh value head (--no-critic-from-reward or a toy reward); "
+                "0 = zeros: the critic predicts 0 until it learns, so the first advantages are the plain "
+                "returns instead of noise from a random head; < 0 = 1/sqrt(hidden+1)"})
+    critic_warmup: int = field(default=4, metadata={
+        "help": "PPO-max: iterations that update only the critic before the policy moves (a fresh critic needs "
+                "a few to predict better than a constant)"})
+    ppo_epochs: int = field(default=4, metadata={
+        "help": "K epochs over the buffer per iteration (1 moved the policy too little to learn in tens of "
+                "iterations; docs/ppo-diagnosis.md)"})
+    mini_batch_size: int = field(default=8, metadata={"help": "rollouts per gradient step"})
+    policy_lr: float = field(default=2e-4, metadata={
+        "help": "policy learning rate (paper 5e-7 for full fine-tuning; a LoRA adapter, which starts at zero, needs "
+                "far larger: at 5e-5 the policy moved ~1e-6 nats per update and the reward stayed flat)"})
+    critic_lr: float = field(default=2e-4, metadata={
+        "help": "critic learning rate (paper 1.65e-6 full FT; LoRA adapter + value head)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "PPO-max global gradient clipping (0 = off)"})
+    # ---------------------------------------------------------------- collapse guard
+    kl_bound: float = field(default=10.0, metadata={
+        "help": "KL bound in nats per answer on val/kl_exact (the exact KL to the reference of answers sampled "
+                "at each validation): the best checkpoint must be within it; the guard stops the run when it "
+                "stays above it for --kl-guard-validations validations"})
+    kl_guard_validations: int = field(default=2, metadata={
+        "help": "validations in a row with val/kl_exact above --kl-bound that stop the run (collapse guard)"})
+    best_metric: str = field(default="val/score", metadata={
+        "help": "what picks the best checkpoint among those within the bounds: val/score (PPO-max: the reward "
+                "model's mean score on the validation prompts) or val/refusal_margin (share of harmful validation "
+                "prompts refused minus share of the other validation prompts refused; ties broken by val/score)",
+        "choices": ["val/score", "val/refusal_margin"]})
+    max_safe_refusal_rise: float = field(default=0.10, metadata={
+        "help": "over-refusal bound for the best checkpoint: the share of held-out non-harmful validation prompts "
+                "the policy refuses (rlhf_demo.refusal), and of the sensitive ones alone, may exceed the starting "
+                "policy's by at most this (1 = off)"})
+    guard_patience: int = field(default=3, metadata={"help": "iterations a collapse signal must persist to stop"})
+    min_perplexity: float = field(default=1.01, metadata={"help": "collapse if per-token perplexity falls below"})
+    max_repeated_ngrams: float = field(default=0.5, metadata={"help": "collapse if the repeated 4-gram share exceeds"})
+    max_length_pinned: float = field(default=0.95, metadata={
+        "help": "collapse if this share of answers hits --response-length without EOS, when the starting policy "
+                "ended at least 20%% of its validation answers with EOS (else the signal is off: the limit is short)"})
+    # ---------------------------------------------------------------- bookkeeping
+    eval_every: int = field(default=5, metadata={"help": "validation score every N iterations (and at the end)"})
+    checkpoint_every: int = field(default=5, metadata={"help": "checkpoint every N iterations"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --run-dir"})
+    run_dir: str = field(default="", metadata={"help": "where checkpoints/metrics/plots go (default: <data dir>/runs/ppo-<time>)"})
+    seed: int = field(default=0, metadata={"help": "seed for prompts, sampling and initialisation"})
+    report_to: str = field(default="jsonl", metadata={"help": "'jsonl', or 'tensorboard' (also writes jsonl)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
