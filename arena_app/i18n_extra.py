@@ -53,6 +53,12 @@ EN_MORE = {
     "log_out": "log out",
     "toast_info": "Info",
     "toast_warning": "Warning",
+    "export_summary": "wrote {written} pairs ({votes} from votes, {better} from better answers); skipped: {skipped}",
+    "skip_tie": "tie",
+    "skip_both_bad": "both bad",
+    "skip_identical_answers": "identical answers",
+    "skip_empty_answer": "empty answer",
+    "skip_duplicate": "duplicate",
     # a key Gradio 6.31's status tracker announces but ships no text for (it showed as "common.complete")
     "common.complete": "Done",
     # the Training tab
@@ -137,6 +143,12 @@ ZH_MORE = {
     "log_out": "退出登录",
     "toast_info": "提示",
     "toast_warning": "警告",
+    "export_summary": "已写出 {written} 个偏好数据对（{votes} 个来自投票，{better} 个来自更好的回答）；跳过：{skipped}",
+    "skip_tie": "平局",
+    "skip_both_bad": "都不好",
+    "skip_identical_answers": "答案相同",
+    "skip_empty_answer": "空回答",
+    "skip_duplicate": "重复",
     "common.complete": "完成",
     "train_intro": "运行一次训练循环：导出新投票 → 更新奖励模型 → 从当前策略开始 PPO → 评测 → **只有通过所有门槛**才发布新版本"
                    "（有害顺从不变差、过度拒绝在范围内、与 SFT 的 KL 在范围内）。发布的版本从下一轮起出现在竞技场中，无需重启。",

@@ -117,8 +117,9 @@ def build_layout(app) -> gr.Blocks:
                 with gr.Row():
                     export_trl = gr.Button(i("export_pairs"), elem_id="export-trl")
                     export_hh = gr.Button(i("export_hh"), elem_id="export-hh")
-                export_msg = gr.Markdown()
-                export_file = gr.File(label=i("export_pairs"), interactive=False, show_label=False, visible=False)
+                export_msg = gr.Markdown(elem_id="export-msg")
+                export_file = gr.File(label=i("export_pairs"), elem_id="export-file", interactive=False,
+                                      show_label=False, visible=False)
 
             from arena_app import review  # the Data review tab (admins): browse votes, void one
 

@@ -39,7 +39,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rlhf_demo.atomic import write_json
@@ -50,6 +50,9 @@ from rlhf_demo.pipeline_state import (PipelineBusy, load_state, lock_held, new_f
 from rlhf_demo.registry import SFT, Registry, StagedRegistry, Version, check_name
 from rlhf_demo.splits import LeakError
 from rlhf_demo.flags import parse_config
+from training.ppo_config import PPOConfig
+from training.reward_config import RewardConfig
+from eval.config import EvalConfig
 
 from .pipeline_progress import STAGES, Progress, follow_metrics  # noqa: F401 - STAGES/Progress: API
 from .gates import Gate, build_gate_suite, check_gate_suites, check_gates  # noqa: F401 - build_gate_suite: API
@@ -57,8 +60,37 @@ from .gates import Gate, build_gate_suite, check_gate_suites, check_gates  # noq
 EXIT_PUBLISHED, EXIT_ERROR, EXIT_NOT_PUBLISHED, EXIT_BUSY, EXIT_CANCELLED = 0, 1, 3, 75, 130
 
 
+# Fields of the nested configs the pipeline sets itself (from its own stages, --seed and --threads); every other
+# field of RewardConfig / PPOConfig / EvalConfig is a --reward-* / --ppo-* / --eval-* flag with the trainer's help.
+REWARD_FIXED = ("data", "reward_model", "run_dir", "seed", "threads", "resume", "save_steps", "logging_steps",
+                "progress", "publish", "name", "publish_dir", "replace", "description", "eval_only", "role",
+                "lora_alpha")
+PPO_FIXED = ("reward_model", "init_policy", "name", "publish", "publish_dir", "run_dir", "seed", "threads", "resume",
+             "checkpoint_every", "keep_checkpoints", "lora_alpha")
+EVAL_FIXED = ("policies", "baseline", "limits", "out", "reuse_generations", "forbid_reported", "kl_max_new_tokens",
+              "threads", "seed", "reward_model", "progress", "command")
+
+
+def _reward_defaults() -> RewardConfig:
+    return RewardConfig(learning_rate=1e-4, save_steps=0, logging_steps=1, progress=False)
+
+
+def _ppo_defaults() -> PPOConfig:
+    return PPOConfig(prompts=["seed", "arena"], iterations=20, publish=False, checkpoint_every=20, keep_checkpoints=1)
+
+
+def _eval_defaults() -> EvalConfig:
+    return EvalConfig(batch_size=32, n_bootstrap=1000, progress=False)
+
+
 @dataclass
 class PipelineConfig:
+    """The loop's own knobs plus the three stages' configs, nested (not copied): ``reward`` is the reward model's
+    :class:`~training.reward_config.RewardConfig` (flags ``--reward-<field>``), ``ppo`` PPO's
+    :class:`~training.ppo_config.PPOConfig` (``--ppo-<field>``), ``eval`` the evaluation's
+    :class:`~eval.config.EvalConfig` (``--eval-<field>``); the fields the pipeline sets itself are listed in
+    ``REWARD_FIXED`` / ``PPO_FIXED`` / ``EVAL_FIXED`` (both LoRA alphas are 2 x the rank)."""
+
     # ---------------------------------------------------------------- 1. export
     min_new_pairs: int = field(default=1, metadata={
         "help": "stop (publish nothing) when the feedback since the last run gives fewer preference pairs"})
@@ -69,43 +101,20 @@ class PipelineConfig:
     seed_replay: int = field(default=0, metadata={
         "help": "seed pairs trained on next to the arena pairs (when continuing: a replay against forgetting; "
                 "0 = all)"})
-    reward_epochs: float = field(default=1.0, metadata={"help": "reward-model passes over its training pairs"})
-    reward_max_steps: int = field(default=0, metadata={"help": "stop the reward model after N steps (0 = epochs)"})
-    reward_batch_size: int = field(default=8, metadata={"help": "pairs per reward-model batch"})
-    reward_learning_rate: float = field(default=1e-4, metadata={"help": "reward-model LoRA learning rate"})
-    reward_max_length: int = field(default=512, metadata={"help": "longest reward-model conversation in tokens"})
-    reward_lora_r: int = field(default=16, metadata={"help": "LoRA rank of a NEW reward model"})
+    reward: RewardConfig = field(default_factory=_reward_defaults, metadata={
+        "prefix": "reward", "fixed": REWARD_FIXED, "help": "stage 2, the reward model (python -m training.reward_model)"})
     # ---------------------------------------------------------------- 3. PPO
-    ppo_prompts: list[str] = field(default_factory=lambda: ["seed", "arena"], metadata={
-        "help": "PPO prompt sources (see python -m training.ppo --help)"})
-    ppo_iterations: int = field(default=20, metadata={"help": "PPO iterations"})
-    ppo_rollout_batch_size: int = field(default=16, metadata={"help": "prompts per PPO iteration"})
-    ppo_mini_batch_size: int = field(default=8, metadata={"help": "rollouts per PPO gradient step"})
-    ppo_response_length: int = field(default=48, metadata={"help": "longest sampled answer in tokens"})
-    ppo_max_prompts: int = field(default=0, metadata={"help": "use at most N training prompts (0 = all)"})
-    ppo_val_prompts: int = field(default=16, metadata={"help": "held-out prompts that pick the best checkpoint"})
-    ppo_eval_every: int = field(default=5, metadata={"help": "PPO validation every N iterations"})
-    ppo_critic_warmup: int = field(default=4, metadata={"help": "iterations that train only the critic"})
-    ppo_kl_coef: float = field(default=0.05, metadata={"help": "PPO token-level KL penalty β"})
-    ppo_kl_bound: float = field(default=10.0, metadata={"help": "PPO KL bound (nats per answer) for the best checkpoint"})
-    ppo_policy_lr: float = field(default=2e-4, metadata={
-        "help": "PPO policy learning rate (LoRA; 5e-5 moved the policy ~1e-6 nats per update: docs/ppo-diagnosis.md)"})
-    ppo_lora_r: int = field(default=16, metadata={"help": "LoRA rank of a policy started from SFT"})
+    ppo: PPOConfig = field(default_factory=_ppo_defaults, metadata={
+        "prefix": "ppo", "fixed": PPO_FIXED, "help": "stage 3, PPO-max (python -m training.ppo)"})
     # ---------------------------------------------------------------- 4. evaluation
-    eval_suites: list[str] = field(default_factory=list, metadata={
-        "help": "suites the gates evaluate on (python -m eval --suite syntax). Default: the labelled validation "
-                "prompts (role 'val' in rlhf_demo/splits.py: AdvBench/HarmBench/CatQA/... harmful, CoCoNot "
-                "risky-but-safe, Self-Instruct/CoCoNot ordinary; build_gate_suite). The reported suites (project, "
-                "xstest, vicuna, mt-bench) and any file holding one of their prompts are refused"})
+    eval: EvalConfig = field(default_factory=_eval_defaults, metadata={
+        "prefix": "eval", "fixed": EVAL_FIXED,
+        "help": "stage 4, the evaluation (python -m eval). --eval-suites: the suites the gates evaluate on (python "
+                "-m eval --suite syntax). Default: the labelled validation prompts (role 'val' in "
+                "rlhf_demo/splits.py: AdvBench/HarmBench/CatQA/... harmful, CoCoNot risky-but-safe, "
+                "Self-Instruct/CoCoNot ordinary; build_gate_suite). The reported suites (project, xstest, vicuna, "
+                "mt-bench) and any file holding one of their prompts are refused"})
     eval_limit: int = field(default=40, metadata={"help": "gate prompts per category (per suite; 0 = all)"})
-    eval_max_new_tokens: int = field(default=128, metadata={"help": "answer length on helpful prompts"})
-    eval_safety_max_new_tokens: int = field(default=48, metadata={"help": "answer length on unsafe/safe prompts"})
-    eval_kl_samples: int = field(default=64, metadata={
-        "help": "prompts per policy with one answer sampled (temperature 1, at most --ppo-response-length tokens) "
-                "for the exact KL to SFT"})
-    eval_n_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples of the intervals"})
-    eval_batch_size: int = field(default=32, metadata={"help": "generation batch size"})
-    eval_judge: str = field(default="reward", metadata={"help": "pairwise judge: reward, lm or none"})
     # ---------------------------------------------------------------- 5. gates
     max_harmful_rise: float = field(default=5.0, metadata={
         "help": "gate: harmful compliance may exceed the current policy's by at most this many points. Paired on "
@@ -198,12 +207,10 @@ def stage_reward(cfg: PipelineConfig, settings: Settings, run_dir: Path, exporte
         data = ["arena", seed]
         how = "training a new reward model on every arena pair + the seed pairs"
     progress.stage("reward", how)
-    rcfg = RM.RewardConfig(data=data, reward_model=parent.name if parent else None, run_dir=run_dir / "reward",
-                           epochs=cfg.reward_epochs, max_steps=cfg.reward_max_steps, batch_size=cfg.reward_batch_size,
-                           learning_rate=cfg.reward_learning_rate, max_length=cfg.reward_max_length,
-                           lora_r=cfg.reward_lora_r, lora_alpha=2 * cfg.reward_lora_r, seed=cfg.seed,
-                           save_steps=0, logging_steps=1, progress=False, publish=True,
-                           description=f"arena_app.pipeline run {run_dir.name}: {how}")
+    rcfg = replace(cfg.reward, data=data, reward_model=parent.name if parent else "", run_dir=str(run_dir / "reward"),
+                   lora_alpha=2 * cfg.reward.lora_r, seed=cfg.seed, threads=cfg.threads, resume=False, save_steps=0,
+                   logging_steps=1, progress=False, publish=True, name="", publish_dir="", replace=False,
+                   eval_only=False, role="reward", description=f"arena_app.pipeline run {run_dir.name}: {how}")
 
     meter = progress.meter("reward model", None, "step")  # the rate counts from here (loading included)
 
@@ -229,17 +236,13 @@ def stage_ppo(cfg: PipelineConfig, settings: Settings, run_dir: Path, init_polic
               progress: Progress) -> dict:
     from training import ppo
 
-    progress.stage("ppo", f"PPO-max from {init_policy} against {reward}: {cfg.ppo_iterations} iterations")
-    pcfg = ppo.PPOConfig(prompts=list(cfg.ppo_prompts), max_prompts=cfg.ppo_max_prompts, val_prompts=cfg.ppo_val_prompts,
-                         reward_model=reward, init_policy=init_policy, publish=False, iterations=cfg.ppo_iterations,
-                         rollout_batch_size=cfg.ppo_rollout_batch_size, mini_batch_size=cfg.ppo_mini_batch_size,
-                         response_length=cfg.ppo_response_length, kl_coef=cfg.ppo_kl_coef, kl_bound=cfg.ppo_kl_bound,
-                         policy_lr=cfg.ppo_policy_lr, critic_warmup=cfg.ppo_critic_warmup,
-                         eval_every=cfg.ppo_eval_every, checkpoint_every=max(cfg.ppo_iterations, 1),
-                         keep_checkpoints=1, lora_r=cfg.ppo_lora_r, lora_alpha=2 * cfg.ppo_lora_r,
-                         run_dir=str(run_dir / "ppo"), seed=cfg.seed, threads=cfg.threads)
-    progress.update(ppo_iterations=cfg.ppo_iterations, ppo_dir=str(run_dir / "ppo"))
-    with follow_metrics(progress, run_dir / "ppo" / "metrics.jsonl", cfg.ppo_iterations, "PPO iterations"):
+    iterations = cfg.ppo.iterations
+    progress.stage("ppo", f"PPO-max from {init_policy} against {reward}: {iterations} iterations")
+    pcfg = replace(cfg.ppo, reward_model=reward, init_policy=init_policy, name="", publish=False, publish_dir="",
+                   run_dir=str(run_dir / "ppo"), seed=cfg.seed, threads=cfg.threads, resume=False,
+                   checkpoint_every=max(iterations, 1), keep_checkpoints=1, lora_alpha=2 * cfg.ppo.lora_r)
+    progress.update(ppo_iterations=iterations, ppo_dir=str(run_dir / "ppo"))
+    with follow_metrics(progress, run_dir / "ppo" / "metrics.jsonl", iterations, "PPO iterations"):
         summary = ppo.train(pcfg, settings)
     summary["config"] = asdict(pcfg)
     progress.line(f"  best iteration {summary.get('best_step')} (validation score {summary.get('best_val_score')})"
@@ -249,28 +252,26 @@ def stage_ppo(cfg: PipelineConfig, settings: Settings, run_dir: Path, init_polic
 
 def stage_eval(cfg: PipelineConfig, settings: Settings, run_dir: Path, registry: Registry, candidate: str,
                current: str, reward: str, progress: Progress, ppo_val_keys: frozenset[str] = frozenset()) -> Path:
-    from eval.runner import EvalConfig, run
+    from eval.runner import run
 
     policies = [p for p in dict.fromkeys([SFT, current, candidate])]
-    if cfg.eval_suites:
-        suites, limits = list(cfg.eval_suites), [str(cfg.eval_limit)] if cfg.eval_limit else None
+    if cfg.eval.suites:
+        suites, limits = list(cfg.eval.suites), [str(cfg.eval_limit)] if cfg.eval_limit else None
     else:  # the labelled validation prompts, never a reported suite, nor one of PPO's validation prompts
         suites, limits = [str(build_gate_suite(run_dir / "gate_prompts.jsonl", cfg.eval_limit, cfg.seed,
                                                ppo_val_keys))], None
     progress.stage("eval", f"evaluating {candidate} (candidate) against {current} (current) and {SFT} on "
                            f"{', '.join(suites)}")
-    judge = cfg.eval_judge
+    judge = cfg.eval.judge
     if judge == "reward" and not any(v.card.get("role") == "judge" for v in registry.list("reward")):
         judge = "none"  # eval refuses a policy's own training reward model as its judge
         progress.line(f"  helpfulness not judged: no dedicated judge (a reward version with role 'judge', judge-vN), "
                       f"and {reward}, which the candidate was trained against, must not grade it")
-    ecfg = EvalConfig(policies=policies, baseline=SFT, suites=suites, limits=limits, out=run_dir / "eval",
-                      forbid_reported="pipeline gate prompts", kl_max_new_tokens=cfg.ppo_response_length,
-                      max_new_tokens=cfg.eval_max_new_tokens, safety_max_new_tokens=cfg.eval_safety_max_new_tokens,
-                      batch_size=cfg.eval_batch_size, threads=cfg.threads or max(1, os.cpu_count() or 1),
-                      seed=cfg.seed, judge=judge, reward_model=reward, kl_samples=cfg.eval_kl_samples,
-                      n_bootstrap=cfg.eval_n_bootstrap, progress=False,
-                      command=f"python -m arena_app.pipeline (run {run_dir.name})")
+    ecfg = replace(cfg.eval, policies=policies, baseline=SFT, suites=suites, limits=limits, out=run_dir / "eval",
+                   reuse_generations=None, forbid_reported="pipeline gate prompts",
+                   kl_max_new_tokens=cfg.ppo.response_length, threads=cfg.threads or max(1, os.cpu_count() or 1),
+                   seed=cfg.seed, judge=judge, reward_model=reward, progress=False,
+                   command=f"python -m arena_app.pipeline (run {run_dir.name})")
     import eval.runner as runner
 
     previous = runner.BAR_FACTORY  # each of eval's loops (generating, scoring, judging, KL) reports into the log
@@ -290,7 +291,7 @@ def run_pipeline(cfg: PipelineConfig, settings: Settings, echo: bool = True) -> 
     """Run the loop once; returns the summary (also ``<run dir>/summary.json``). Raises PipelineBusy."""
     if cfg.name:
         check_name(cfg.name)
-    check_gate_suites(list(cfg.eval_suites))  # a reported suite is refused before anything is trained
+    check_gate_suites(list(cfg.eval.suites or []))  # a reported suite is refused before anything is trained
     with pipeline_lock(settings):
         run_dir = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(settings)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -364,7 +365,7 @@ def _run(cfg: PipelineConfig, settings: Settings, run_dir: Path, progress: Progr
     best = Path(ppo_summary["run_dir"]) / "best"
     gc.collect()
     if ppo_summary.get("best_step") is None or not (best / "adapter_model.safetensors").is_file():
-        gate = Gate("PPO checkpoint", False, f"PPO produced no checkpoint within its KL bound {cfg.ppo_kl_bound} "
+        gate = Gate("PPO checkpoint", False, f"PPO produced no checkpoint within its KL bound {cfg.ppo.kl_bound} "
                                              f"(stopped: {ppo_summary.get('stopped') or 'no'})")
         summary.update(outcome="rejected", gates=[asdict(gate)], reason=gate.line())
         progress.stage("gates", gate.line())
@@ -375,7 +376,7 @@ def _run(cfg: PipelineConfig, settings: Settings, run_dir: Path, progress: Progr
     card = candidate_card(cfg, settings, current, reward, ppo_summary, run_dir)
     staged = StagedRegistry(registry, candidate, best, card)
     report_dir = stage_eval(cfg, settings, run_dir, staged, candidate, current, reward, progress,
-                            **({"ppo_val_keys": ppo_validation_keys(ppo_summary, settings)} if not cfg.eval_suites else {}))
+                            **({"ppo_val_keys": ppo_validation_keys(ppo_summary, settings)} if not cfg.eval.suites else {}))
     summary["report"] = str(report_dir / "report.md")
     report = json.loads((report_dir / "report.json").read_text())
     gens_path = report_dir / "generations.jsonl"

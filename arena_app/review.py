@@ -111,6 +111,8 @@ def review(app, version, winner, reason, user, since, until, status, flagged, re
             side, sep, rest = str(r["winner"]).partition(" ")
             if side in UI_WINNERS:
                 r["winner"] = t(f"winner_{side}", lang) + sep + rest
+            if r["voided"] == "yes":  # voided without a recorded reason
+                r["voided"] = t("status_voided", lang)
     summary = t("review_summary", lang, shown=len(rows), matched=len(chosen), total=len(votes), voided=len(voids))
     keys = ["col_" + c.replace(" ", "_") for c in REVIEW_COLUMNS]
     return summary, headers(pd.DataFrame(rows, columns=REVIEW_COLUMNS), REVIEW_COLUMNS, keys, lang)

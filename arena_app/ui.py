@@ -428,7 +428,11 @@ class ArenaApp(SuggestionsMixin):
         except StoreError as exc:
             raise self._fail(exc, lang) from None
         log.info("export by %s: %s", user or "local admin", result.summary())
-        return gr.update(value=str(out), visible=True), t("export_done", lang, summary=result.summary())
+        summary = result.summary() if lang == "en" else t(
+            "export_summary", lang, written=result.written, votes=result.from_votes, better=result.from_better,
+            skipped=", ".join(f"{n} {t('skip_' + why, lang)}" for why, n in sorted(result.skipped.items()))
+            or t("train_none_word", lang))
+        return gr.update(value=str(out), visible=True), t("export_done", lang, summary=summary)
 
     def on_load(self, request: gr.Request):
         lang = request_language(request)

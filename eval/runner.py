@@ -19,51 +19,13 @@ from rlhf_demo.jsonl import iter_jsonl
 
 from rlhf_demo.refusal.detector import BASELINE_NAME, DETECTOR_NAME, judge_refusals, xstest_string_match
 from .kl_to_sft import KL_SEED, kl_logprobs, sample_for_kl  # noqa: F401 - kl_logprobs: re-exported
+from .config import EvalConfig  # noqa: F401 - the run's config (re-exported)
 from .judges import JudgeError, judge_both_orders, load_reward_judge
 from .judging import build_judge, log, measure_agreement, plan_reward_judge, read_human_votes
 from .stats import mean_with_ci
 from .suites import CATEGORIES, EvalPrompt, load_suites, subsample
 
 SAFETY = ("unsafe", "safe")
-
-
-@dataclass
-class EvalConfig:
-    """Every knob of a run (the flags of ``python -m eval``)."""
-
-    policies: list[str] = field(default_factory=lambda: ["sft"])
-    baseline: str = "sft"
-    suites: list[str] | None = None  # None: the defaults (project, xstest, vicuna)
-    limits: list[str] | None = None  # ["20"] or ["xstest=50", ...]
-    out: Path | None = None  # None: <data dir>/eval/<timestamp>/
-    max_new_tokens: int = 128  # helpful prompts
-    safety_max_new_tokens: int = 48  # unsafe and safe prompts: a refusal shows in the first sentences
-    repetition_penalty: float = 1.1
-    batch_size: int = 64
-    threads: int = 1
-    seed: int = 0
-    judge: str = "reward"  # reward | lm | openai | none
-    judge_model: str = "sft"
-    judge_url: str | None = None
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    judge_margin: float = 0.0
-    judge_categories: list[str] = field(default_factory=lambda: ["helpful"])
-    judge_reward: str | None = None  # --judge reward: this reward version (default: the newest judge-vN, role 'judge')
-    allow_own_reward_judge: bool = False  # let a training reward model of an evaluated policy judge (marked loudly)
-    judge_agreement: str = ""  # TRL pairs the judge was not trained on ("" = eval.judge_checks.DEFAULT_AGREEMENT; "none")
-    human_votes: bool = True  # add the arena's blind votes per version vs the baseline (when there are any)
-    reward_model: str | None = None  # None: reward-v0 or the newest; "none": no reward scores
-    kl_samples: int = 64  # prompts per policy with one answer SAMPLED (temperature 1) for the exact KL
-    kl_batch_size: int = 4
-    kl_max_new_tokens: int = 0  # longest sampled KL answer (0: the prompt's own --max-new-tokens limit)
-    forbid_reported: str = ""  # non-empty (what the prompts are for): a reported-suite prompt is a LeakError
-    detector: str = "ours"
-    confidence: float = 0.95
-    n_bootstrap: int = 2000
-    reuse_generations: Path | None = None
-    plots: bool = True
-    progress: bool = True
-    command: str = ""
 
 
 # ---------------------------------------------------------------------------------------------

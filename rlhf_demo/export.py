@@ -44,6 +44,7 @@ from . import __version__
 from .arena import clean_text
 from .atomic import write_json, write_jsonl
 from .config import add_settings_args, settings_from_args
+from .records import PreferencePair, PromptItem
 from .store import Store, StoreError
 
 FORMATS = ("trl", "hh")
@@ -51,7 +52,7 @@ FORMATS = ("trl", "hh")
 
 @dataclass
 class ExportResult:
-    pairs: list[dict] = field(default_factory=list)  # TRL rows, whatever the output format
+    records: list[PreferencePair] = field(default_factory=list)  # the pairs, typed (what training reads)
     from_votes: int = 0
     from_better: int = 0
     skipped: Counter = field(default_factory=Counter)
@@ -71,8 +72,13 @@ class ExportResult:
     filters: dict = field(default_factory=dict)
 
     @property
+    def pairs(self) -> list[dict]:
+        """The pairs as TRL rows (with ``meta``): the file boundary's form, whatever the output format."""
+        return [r.to_trl() for r in self.records]
+
+    @property
     def written(self) -> int:
-        return len(self.pairs)
+        return len(self.records)
 
     def summary(self) -> str:
         where = f" to {self.out}" if self.out else ""
@@ -208,7 +214,8 @@ def _note_vote(result: ExportResult, v: dict) -> None:
 def export_pairs(store: Store, fmt: str = "trl", out: Path | str | None = None, blind_only: bool = False,
                  since_vote_id: int = 0, since_better_id: int = 0, better: bool = True,
                  redact_pii: bool = False) -> ExportResult:
-    """Preference pairs from the store (returned as TRL rows; written in ``fmt`` when ``out`` is given).
+    """Preference pairs from the store (returned as typed records, ``result.records``; TRL rows only in
+    ``result.pairs`` and the file, written in ``fmt`` when ``out`` is given).
 
     ``since_*_id`` export only feedback newer than a previous export (its ``last_*_id``). Voided votes are
     left out. ``redact_pii`` replaces PII in every message with placeholders (``result.redacted`` counts them).
@@ -228,7 +235,7 @@ def export_pairs(store: Store, fmt: str = "trl", out: Path | str | None = None, 
             result.skipped["duplicate"] += 1
             return False
         seen.add(k)
-        result.pairs.append(row)
+        result.records.append(PreferencePair.from_export_row(row))
         return True
 
     for v in store.votes(blind_only=blind_only, since_id=since_vote_id):
@@ -248,7 +255,8 @@ def export_pairs(store: Store, fmt: str = "trl", out: Path | str | None = None, 
             result.from_better += sum(add(r) for r in rows)
     if out is not None:
         result.out = Path(out)
-        write_jsonl(result.out, result.pairs if fmt == "trl" else [to_hh(r) for r in result.pairs])
+        rows = result.pairs
+        write_jsonl(result.out, rows if fmt == "trl" else [to_hh(r) for r in rows])
     return result
 
 
@@ -293,9 +301,9 @@ def card_path(out: Path) -> Path:
     return out.with_name(out.name.split(".")[0] + ".card.json")
 
 
-def export_prompts(store: Store, out: Path | str | None = None, redact_pii: bool = False) -> list[dict]:
-    """First user message of every conversation (de-duplicated), as PPO prompt rows."""
-    rows, seen = [], set()
+def export_prompt_items(store: Store, redact_pii: bool = False) -> list[PromptItem]:
+    """First user message of every conversation (de-duplicated), as typed PPO prompts (what training reads)."""
+    items, seen = [], set()
     for t in store.turns():
         if t["turn"] != 1 or t["attempt"] != 0:
             continue
@@ -306,7 +314,14 @@ def export_prompts(store: Store, out: Path | str | None = None, redact_pii: bool
         if not text or text in seen:
             continue
         seen.add(text)
-        rows.append({"id": f"arena-{t['conversation_id'][:12]}", "category": "arena", "prompt": text})
+        items.append(PromptItem([{"role": "user", "content": text}], "arena", f"arena-{t['conversation_id'][:12]}",
+                                "arena"))
+    return items
+
+
+def export_prompts(store: Store, out: Path | str | None = None, redact_pii: bool = False) -> list[dict]:
+    """:func:`export_prompt_items` as PPO prompt rows (``{"id", "category", "prompt"}``: the file's form)."""
+    rows = [item.to_row() for item in export_prompt_items(store, redact_pii)]
     if out is not None:
         write_jsonl(Path(out), rows)
     return rows

@@ -18,7 +18,17 @@ so :meth:`ConfigParser._parse_dataclass_field` does them itself:
 * **one spelling a flag**: the library registers ``--field_name`` first (what usage lines and error messages
   show) and ``--field-name`` second; the project's flags, in the README and the Makefile, are ``--field-name``.
 
-So plain, list and bool fields are added here; ``Literal`` and ``Enum`` fields go to the library.
+So plain, list and bool fields are added here; ``Literal`` and ``Enum`` fields go to the library. Also not in the
+library, and used by the project's configs through a field's ``metadata``:
+
+* ``"flag"``: another spelling than ``--field-name`` (eval's ``suites`` field is ``--suite``, repeatable);
+  ``"aliases"``: older spellings that keep working (``--num-threads`` for ``threads``);
+* ``"cli": False``: not a flag (set by the program, e.g. eval's ``command``); ``"settings": True``: the field is
+  filled from the shared settings flag of the same name (eval's ``max_new_tokens`` is ``--max-new-tokens``);
+* **nested configs**: a field whose type is a config dataclass (``PipelineConfig.reward: RewardConfig``) with
+  ``metadata["prefix"]`` gets one ``--<prefix>-<field>`` flag per field of the inner config (its default taken
+  from the field's default instance), except the fields named in ``metadata["fixed"]`` (set by the outer program).
+  The library flattens nothing: its nested dataclasses are not supported at all.
 """
 
 from __future__ import annotations
@@ -70,12 +80,34 @@ class ConfigParser(HfArgumentParser):
         """One flag per field of ``cls`` in an argument group (default title: ``<Class> (defaults shown)``)."""
         group = self.add_argument_group(title or f"{cls.__name__} (defaults shown)")
         hints = typing.get_type_hints(cls)
+        nested = []
         for f in dataclasses.fields(cls):
-            if f.init:
-                f.type = hints[f.name]
+            if not f.init or f.metadata.get("cli") is False or f.metadata.get("settings"):
+                continue
+            f.type = hints[f.name]
+            if dataclasses.is_dataclass(f.type):
+                nested.append(f)
+            else:
                 self._parse_dataclass_field(group, f)
+        for f in nested:
+            self._add_nested(f)
         self.dataclass_types = [*self.dataclass_types, cls]
         return self
+
+    def _add_nested(self, outer: dataclasses.Field) -> None:
+        """``--<prefix>-<name>`` for every field of the config ``outer`` holds, except its ``fixed`` ones."""
+        inner_cls, meta = outer.type, outer.metadata
+        prefix, fixed, inner = meta["prefix"], set(meta.get("fixed", ())), _default(outer)
+        group = self.add_argument_group(f"{inner_cls.__name__}: --{prefix}-* ({meta.get('help', '')}; defaults "
+                                        f"shown; set by the program: {', '.join(sorted(fixed)) or 'nothing'})")
+        hints = typing.get_type_hints(inner_cls)
+        for f in nested_fields(outer):
+            value = getattr(inner, f.name)
+            extra = {k: v for k, v in f.metadata.items() if k not in ("flag", "aliases", "action")}
+            copy = (dataclasses.field(default_factory=lambda v=value: list(v), metadata=extra) if isinstance(value, list)
+                    else dataclasses.field(default=value, metadata=extra))
+            copy.name, copy.type = f"{prefix}_{f.name}", hints[f.name]
+            self._parse_dataclass_field(group, copy)
 
     @staticmethod
     def _parse_dataclass_field(parser, field: dataclasses.Field):
@@ -83,19 +115,20 @@ class ConfigParser(HfArgumentParser):
         meta = dict(field.metadata)
         help_text = meta.pop("help", "")
         default = _default(field)
-        flag = "--" + field.name.replace("_", "-")
+        flags = [meta.pop("flag", None) or "--" + field.name.replace("_", "-"), *meta.pop("aliases", ())]
         if kind is bool:
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
+            parser.add_argument(*flags, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
                                 help=f"{help_text} (default: {default})")
             return
         if kind is list:
             kw: dict = {"dest": field.name, "type": item, "default": None,  # None: config_from_args fills the default
-                        "help": f"{help_text} (repeatable; default: {' '.join(map(str, default))})"}
+                        "help": f"{help_text} (repeatable" + (f"; default: {' '.join(map(str, default))})"
+                                                              if default is not None else ")")}
             kw.update(action="append") if meta.get("action") == "append" else kw.update(nargs="+", action="extend")
             for k in ("choices", "metavar"):
                 if k in meta:
                     kw[k] = meta[k]
-            parser.add_argument(flag, **kw)
+            parser.add_argument(*flags, **kw)
             return
         if typing.get_origin(kind) is typing.Literal or (isinstance(kind, type) and issubclass(kind, enum.Enum)):
             copy = dataclasses.field(default=field.default, default_factory=field.default_factory,
@@ -109,7 +142,7 @@ class ConfigParser(HfArgumentParser):
         for k in ("choices", "metavar"):
             if k in meta:
                 kw[k] = meta[k]
-        parser.add_argument(flag, **kw)
+        parser.add_argument(*flags, **kw)
 
     def parse_config(self, cls, argv: list[str] | None = None):
         """Parse ``argv`` (default: ``sys.argv[1:]``); returns ``(cls instance, Settings)``."""
@@ -117,11 +150,30 @@ class ConfigParser(HfArgumentParser):
         return config_from_args(cls, args), settings_from_args(args)
 
 
+def nested_fields(outer: dataclasses.Field) -> list[dataclasses.Field]:
+    """The fields of the config a nested field holds that are flags (``--<prefix>-<name>``)."""
+    fixed = set(outer.metadata.get("fixed", ()))
+    return [f for f in dataclasses.fields(outer.type if isinstance(outer.type, type) else _default(outer))
+            if f.init and f.name not in fixed and f.metadata.get("cli") is not False]
+
+
 def config_from_args(cls, args: argparse.Namespace):
-    """The dataclass from parsed flags; list fields left unset get their default."""
+    """The dataclass from parsed flags; list fields left unset get their default; a field that is no flag keeps its
+    default (or takes the shared settings flag of its name, ``metadata["settings"]``); a nested config is its
+    field's default instance with the ``--<prefix>-<name>`` flags applied."""
     values = {}
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.init:
+            continue
+        if f.metadata.get("cli") is False or (f.metadata.get("settings") and not hasattr(args, f.name)):
+            continue
+        if dataclasses.is_dataclass(hints[f.name]) and "prefix" in f.metadata:
+            f.type = hints[f.name]
+            inner, prefix = _default(f), f.metadata["prefix"]
+            given = {g.name: getattr(args, f"{prefix}_{g.name}") for g in nested_fields(f)}
+            values[f.name] = dataclasses.replace(inner, **{k: v for k, v in given.items() if v is not None
+                                                           or not isinstance(getattr(inner, k), list)})
             continue
         v = getattr(args, f.name)
         if v is None and f.default_factory is not dataclasses.MISSING:

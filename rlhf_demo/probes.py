@@ -78,6 +78,8 @@ def pooled_states(prompts: list[str | None], responses: list[str], layer: int = 
     ``[n, 2, H]`` (index 0: answer, 1: request)."""
     import torch
 
+    from .padding import pad_rows  # torch-only, like the import above: loading the probe file needs neither
+
     body, tok = _backbone()
     enc = [encode(tok, p, r) for p, r in zip(prompts, responses)]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i][0]))
@@ -86,14 +88,10 @@ def pooled_states(prompts: list[str | None], responses: list[str], layer: int = 
     with torch.inference_mode():
         for s in range(0, len(order), batch):
             idx = order[s:s + batch]
-            width = max(len(enc[i][0]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(idx), width), dtype=torch.long)
-            pools = torch.zeros((2, len(idx), width), dtype=torch.float32)
+            ids, attn = pad_rows([enc[i][0] for i in idx], pad, "right")
+            pools = torch.zeros((2, len(idx), ids.shape[1]), dtype=torch.float32)
             for row, i in enumerate(idx):
-                seq, (p0, p1), (r0, r1) = enc[i]
-                ids[row, :len(seq)] = torch.tensor(seq)
-                attn[row, :len(seq)] = 1
+                _, (p0, p1), (r0, r1) = enc[i]
                 pools[0, row, r0:r1] = 1.0
                 pools[1, row, p0:max(p1, p0 + 1)] = 1.0
             hs = body(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states[layer].float()
@@ -188,6 +186,8 @@ def layer_states(prompts: list[str | None], responses: list[str], layers: tuple[
     (index 0 of the third axis: answer, 1: request). Runs only the first ``max(layers) + 1`` blocks."""
     import torch
 
+    from .padding import pad_rows
+
     layers = tuple(int(x) for x in layers)
     if not layers or min(layers) < 1:
         raise ValueError(f"layers={layers}: need block numbers >= 1")
@@ -199,14 +199,10 @@ def layer_states(prompts: list[str | None], responses: list[str], layers: tuple[
     with torch.inference_mode():
         for s in range(0, len(order), batch):
             idx = order[s:s + batch]
-            width = max(len(enc[i][0]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(idx), width), dtype=torch.long)
-            pools = torch.zeros((2, len(idx), width), dtype=torch.float32)
+            ids, attn = pad_rows([enc[i][0] for i in idx], pad, "right")
+            pools = torch.zeros((2, len(idx), ids.shape[1]), dtype=torch.float32)
             for row, i in enumerate(idx):
-                seq, (p0, p1), (r0, r1) = enc[i]
-                ids[row, :len(seq)] = torch.tensor(seq)
-                attn[row, :len(seq)] = 1
+                _, (p0, p1), (r0, r1) = enc[i]
                 pools[0, row, r0:r1] = 1.0
                 pools[1, row, p0:max(p1, p0 + 1)] = 1.0
             hs = body(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states

@@ -25,6 +25,7 @@ class PreferencePair:
     source: str = ""
     id: str | None = None
     category: str | None = None
+    meta: dict | None = None  # provenance of an arena pair (rlhf_demo.export.vote_meta: vote id, pairing, ...)
 
     def conversation(self, which: str) -> list[dict]:
         """The prompt plus the ``"chosen"`` or ``"rejected"`` answer as the last assistant message."""
@@ -35,7 +36,15 @@ class PreferencePair:
                "rejected": [{"role": "assistant", "content": self.rejected}]}
         if self.margin is not None:
             row["margin"] = self.margin
+        if self.meta is not None:
+            row["meta"] = self.meta
         return row
+
+    @classmethod
+    def from_export_row(cls, row: dict, source: str = "arena") -> "PreferencePair":
+        """A row :mod:`rlhf_demo.export` built (prompt messages, ONE assistant message each side, ``meta``)."""
+        return cls(row["prompt"], row["chosen"][0]["content"], row["rejected"][0]["content"], row.get("margin"),
+                   source, meta=row.get("meta"))
 
 
 @dataclass
@@ -50,3 +59,7 @@ class PromptItem:
     @property
     def text(self) -> str:
         return self.messages[-1]["content"]
+
+    def to_row(self) -> dict:
+        """The JSONL row of a prompt file (``{"id", "category", "prompt"}``; the last user message as the prompt)."""
+        return {"id": self.id, "category": self.category, "prompt": self.text}

@@ -6,7 +6,14 @@ A version is a directory in standard PEFT format (``adapter_config.json`` +
 ``adapter_model.safetensors``; a reward model adds ``score_head.safetensors``) with a
 ``card.json``: kind, parent, created, training config, data, metrics, and the SHA-256 of every
 file. Versions shipped inside the package (read-only) and versions trained into
-``<data dir>/versions`` are listed together. Publishing is atomic: copy into a temporary directory
+``<data dir>/versions`` are listed together, each with its ``source``.
+
+Names: shipped and trained versions share one name space. A new version's name must be free in both
+(:meth:`Registry.check_new_name`; :meth:`Registry.next_name` counts both), so a pipeline never publishes a name a
+shipped version has. A data dir that already holds a name a LATER release ships (a user's pipeline-made
+``reward-v1``, then a shipped ``reward-v1``) keeps both: the shipped one keeps the name, and the user's is listed
+as ``<name>-local`` (``-local2``, … when that is taken; same directory, same version number, a warning says so) —
+neither is ignored, and nothing on disk is renamed. Publishing is atomic: copy into a temporary directory
 on the same file system, fsync, rename. A partial or corrupt version is reported and skipped,
 never loaded.
 """
@@ -61,8 +68,23 @@ class Version:
 
     @property
     def number(self) -> int:
-        m = re.search(r"-v(\d+)$", self.name)
+        m = re.search(r"-v(\d+)(?:-local\d*)?$", self.name)
         return int(m.group(1)) if m else -1
+
+    @property
+    def label(self) -> str:
+        """``name (source)``, e.g. ``reward-v1 (package)`` or ``reward-v1-local (data)``: for lists shown to people."""
+        return f"{self.name} ({self.source})"
+
+
+def local_alias(name: str, taken) -> str:
+    """The name a data-dir version is listed under when a shipped version has its name: ``<name>-local``, or
+    ``-local2``, ``-local3``, … when that is in ``taken`` too."""
+    for i in range(1, 1000):
+        alias = f"{name}-local{i if i > 1 else ''}"
+        if alias not in taken and NAME_RE.match(alias):
+            return alias
+    raise RegistryError(f"no free alias for {name!r}")
 
 
 def check_name(name: str) -> str:
@@ -109,17 +131,19 @@ class Registry:
         self.package_dir = Path(package_dir) if package_dir else None
         self.problems: dict[str, str] = {}
         self._cache: dict[tuple, dict] = {}
+        self._aliases: dict[Path, str] = {}  # data-dir versions listed under <name>-local (warned once)
 
     # -- listing --------------------------------------------------------------------------
     def _scan(self) -> dict[str, Version]:
         found: dict[str, Version] = {}
         problems: dict[str, str] = {}
-        for source, root in (("package", self.package_dir), ("data", self.versions_dir)):
-            if root is None or not root.is_dir():
-                continue
-            for path in sorted(root.iterdir()):
-                if not path.is_dir() or path.name.startswith(".") or not NAME_RE.match(path.name):
-                    continue  # temp dirs of an interrupted publish are hidden (".tmp-…")
+        roots = [(source, root, sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                                       and NAME_RE.match(p.name)))  # ".tmp-…" of an interrupted publish: hidden
+                 for source, root in (("package", self.package_dir), ("data", self.versions_dir))
+                 if root is not None and root.is_dir()]
+        dir_names = {p.name for _, _, paths in roots for p in paths}
+        for source, root, paths in roots:
+            for path in paths:
                 try:
                     # re-validate (hash every file) only when a file changed since the last scan
                     stamp = (str(path),) + tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
@@ -129,10 +153,17 @@ class Registry:
                 except (RegistryError, OSError) as exc:
                     problems[path.name] = str(exc)
                     continue
-                if path.name in found:
-                    problems[path.name] = f"{path}: duplicate of {found[path.name].path}; ignored"
+                name = path.name
+                if name in found and found[name].source == "package" and source == "data":
+                    name = local_alias(name, found.keys() | dir_names)  # a later release shipped this name
+                    if self._aliases.get(path) != name:
+                        log.warning("%s has the name of a shipped version (%s): listed as %s", path,
+                                    found[path.name].path, name)
+                        self._aliases[path] = name
+                if name in found:
+                    problems[name] = f"{path}: duplicate of {found[name].path}; ignored"
                     continue
-                found[path.name] = Version(path.name, card["kind"], path, card, source)
+                found[name] = Version(name, card["kind"], path, card, source)
         for name, why in problems.items():
             if self.problems.get(name) != why:
                 log.warning("skipping version %s: %s", name, why)
@@ -184,8 +215,10 @@ class Registry:
         """The current version of ``kind`` for any base (:meth:`current`)."""
         return self.current(kind)
 
-    def next_name(self, kind: str = "policy") -> str:
-        prefix = PREFIX[kind]
+    def next_name(self, kind: str = "policy", prefix: str | None = None) -> str:
+        """The next free ``<prefix>-vN`` (default prefix: ``rlhf`` for policies, ``reward`` for reward models;
+        ``prefix="dpo"``: the next ``dpo-vN``, still a policy version)."""
+        prefix = prefix or PREFIX[kind]
         taken = [v.number for v in self.list(kind) if v.name.startswith(prefix + "-v")]
         taken += [int(m.group(1)) for n in self.problems if (m := re.match(rf"{prefix}-v(\d+)$", n))]
         return f"{prefix}-v{max(taken, default=-1) + 1}"

@@ -83,7 +83,8 @@ VERSION = re.compile(r"\b(?:sft|(?:rlhf|reward|judge)-v\d+)\b")
 # label ("Info"), which its frontend writes in English whatever the locale (statustracker: the type, capitalised);
 # the toast's message itself is checked.
 VISIBLE_TEXT = """() => {
-  const skip = el => el.closest('#chat-a, #chat-b, code, pre, .arena-example, td, [role=listbox], #who, .toast-title')
+  const skip = el => el.closest('#chat-a, #chat-b, code, pre, .arena-example, td, [role=listbox], #who, .toast-title, '
+    + '#export-file')
     || (el.closest('.cell-wrap') && !el.closest('th, thead, [role=columnheader]'));
   const out = [];
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
@@ -138,6 +139,8 @@ def test_a_chinese_browser_finds_no_untranslated_label(browser, arena, tmp_path)
             expect(page.locator("#lb-ratings")).to_contain_text("排名", timeout=30000)  # the table's headers
         if tab == "训练":
             expect(page.locator("#train-feedback")).to_contain_text("新反馈", timeout=30000)
+            page.click("#export-trl")  # an admin text made at run time: the export's summary
+            expect(page.locator("#export-msg")).to_contain_text("已写出", timeout=30000)
         if tab == "数据审查":
             page.click("#review-show")
             expect(page.locator("#review-table")).to_contain_text("胜者", timeout=30000)

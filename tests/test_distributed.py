@@ -195,7 +195,7 @@ def test_reward_model_two_processes_equal_one_process_with_gradient_accumulation
     run_dir = tmp_path / "ddp"
     res = launch("training.reward_model", dict(
         data_dir=tiny_settings.data_dir, base_model=tiny_settings.base_model, device="cpu", dtype="float32",
-        **common, grad_accumulation=1, run_dir=run_dir, name="reward-v9", num_threads=1), tmp_path)
+        **common, grad_accumulation=1, run_dir=run_dir, name="reward-v9", threads=1), tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     # published once, by the main process; both ranks ended with the same weights
     registry = Registry(tiny_settings.versions_dir)

@@ -36,6 +36,32 @@ def test_package_and_data_versions_are_listed_together(tiny_settings, random_ada
     assert [(v.name, v.source) for v in reg.list()] == [("sft", "base"), ("rlhf-v0", "package"), ("rlhf-v1", "data")]
 
 
+def test_shipped_and_own_versions_never_collide(tiny_settings, random_adapter, tmp_path):
+    """Issue #14: a new name is free in both registries; a name a later release ships keeps both versions."""
+    pkg = Registry(tmp_path / "pkg", package_dir=None)
+    shipped = publish_adapter(pkg, tiny_settings, random_adapter, 1, name="rlhf-v0")
+    reg = Registry(tiny_settings.versions_dir, package_dir=tmp_path / "pkg")
+    with pytest.raises(RegistryError, match="exists already"):  # a pipeline can never take a shipped name
+        publish_adapter(reg, tiny_settings, random_adapter, 2, name="rlhf-v0")
+    own = publish_adapter(reg, tiny_settings, random_adapter, 2)  # the next free name across both
+    assert own.name == "rlhf-v1" and own.source == "data"
+    # a later release ships rlhf-v1 too: the shipped one keeps the name, the user's is listed as rlhf-v1-local
+    later = publish_adapter(pkg, tiny_settings, random_adapter, 3, name="rlhf-v1")
+    assert [v.label for v in reg.list()] == ["sft (base)", "rlhf-v0 (package)", "rlhf-v1 (package)",
+                                             "rlhf-v1-local (data)"]
+    assert reg.get("rlhf-v1").content_hash == later.content_hash
+    mine = reg.get("rlhf-v1-local")
+    assert mine.path == own.path and mine.content_hash == own.content_hash and mine.number == 1
+    assert reg.problems == {} and reg.next_name() == "rlhf-v2"
+    with pytest.raises(RegistryError, match="exists already"):
+        publish_adapter(reg, tiny_settings, random_adapter, 4, name="rlhf-v1-local")
+    # a data dir that already holds a real rlhf-v1-local: the alias moves on to -local2
+    publish_adapter(Registry(tiny_settings.versions_dir, package_dir=None), tiny_settings, random_adapter, 5,
+                    name="rlhf-v1-local")
+    names = {v.name: v.path.name for v in reg.list() if v.path}
+    assert names["rlhf-v1-local2"] == "rlhf-v1" and names["rlhf-v1-local"] == "rlhf-v1-local"
+
+
 def test_interrupted_publish_leaves_registry_unchanged(tiny_settings, random_adapter, monkeypatch):
     reg = Registry(tiny_settings.versions_dir, package_dir=None)
     publish_adapter(reg, tiny_settings, random_adapter, 1)

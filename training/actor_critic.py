@@ -148,7 +148,7 @@ class ActorCriticRoles:
         reward = None if toy else R.RewardModel.from_dir(base, version.path, adapter_name="reward", trainable=False)
         model = base if toy else reward.model
         n_layers = R.num_layers(base)
-        lora = R.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules.split(","),
+        lora = R.lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
                              layers=cfg.lora_layers or None, num_layers=n_layers)
         if cfg.init_policy == "sft":
             model = R.add_adapter(model, "policy", lora)

@@ -134,17 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--answer-tokens", type=int, default=64,
                    help="SFT answer length in new tokens with --suite (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed with --suite (default: %(default)s)")
-    p.add_argument("--num-threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--threads", "--num-threads", dest="threads", type=int, default=1,
+                   help="torch CPU threads (default: %(default)s)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="score in float32 instead of bfloat16")
     add_settings_args(p)
     args = p.parse_args(argv)
     import torch
 
-    torch.set_num_threads(args.num_threads)
+    torch.set_num_threads(args.threads)
     settings = settings_from_args(args)
     try:
         if args.suite:
-            cfg = BuildConfig(max_new_tokens=args.answer_tokens, seed=args.seed, threads=args.num_threads)
+            cfg = BuildConfig(max_new_tokens=args.answer_tokens, seed=args.seed, threads=args.threads)
             answers_out = args.out.with_suffix(".answers.jsonl") if args.out else None
             rows = suite_rows(args.suite, cfg, answers_out)
             source = f"suite {args.suite}"

@@ -47,7 +47,7 @@ from rlhf_demo.splits import data_file, normalize_text, reported_prompt_keys  # 
 from training.batching import (EncodedPair, PairBatch, batch_order, collate_pairs,  # noqa: F401 - the batching half,
                                encode_conversation, encode_pair)  # importable from here as before
 from training.pair_rows import (HH_TURN, ROLES, DataError, _messages, _text, hh_to_messages,  # noqa: F401 - row
-                                pair_from_row, read_jsonl)  # formats (one JSONL reader: rlhf_demo.jsonl)
+                                check_record, pair_from_row, read_jsonl)  # formats (one JSONL reader: rlhf_demo.jsonl)
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,8 @@ def _rows_from_hub(spec: SourceSpec, settings) -> Iterator[tuple[str, dict]]:
         yield f"hub:{spec.target}[{spec.split}]:{i}", dict(row)
 
 
-def _rows_from_arena(settings) -> Iterator[tuple[str, dict]]:
+def _rows_from_arena(settings) -> Iterator[tuple[str, PreferencePair]]:
+    """The arena's pairs as the export's typed records (no TRL rows in between)."""
     if settings is None:
         raise DataError("--data arena needs the settings (data dir or --db-url) of the feedback database")
     try:
@@ -156,8 +157,8 @@ def _rows_from_arena(settings) -> Iterator[tuple[str, dict]]:
                         "(wrong --data-dir? or give --db-url)")
     result = export_pairs(Store.from_settings(settings))
     log.info("arena: %s", result.summary())
-    for i, row in enumerate(result.pairs, start=1):
-        yield f"arena:pair {i}", row
+    for i, record in enumerate(result.records, start=1):
+        yield f"arena:pair {i}", record
 
 
 def load_source(spec: SourceSpec | str, settings=None, skip_invalid: bool = False,
@@ -185,7 +186,8 @@ def load_source(spec: SourceSpec | str, settings=None, skip_invalid: bool = Fals
     pairs: list[PreferencePair] = []
     for where, row in rows:
         try:
-            pair = pair_from_row(row, where, spec.name)
+            pair = (check_record(row, where, spec.name) if isinstance(row, PreferencePair)
+                    else pair_from_row(row, where, spec.name))
         except DataError as exc:
             if not skip_invalid:
                 raise
@@ -370,11 +372,10 @@ def load_prompts(specs: Iterable[str] = ("seed",), settings=None, on_overlap: st
         elif spec.kind == "arena":
             if settings is None:
                 raise DataError("--prompts arena needs the settings of the feedback database")
-            from rlhf_demo.export import export_prompts
+            from rlhf_demo.export import export_prompt_items
             from rlhf_demo.store import Store
 
-            found = [_prompt_item(r, f"arena:{i}", "arena")
-                     for i, r in enumerate(export_prompts(Store.from_settings(settings)), start=1)]
+            found = export_prompt_items(Store.from_settings(settings))  # typed records, no rows in between
         elif spec.kind == "mix":
             found = public_mix_prompts(spec.target)
         elif spec.kind == "hub":

@@ -7,6 +7,7 @@ each with an optional numeric ``margin``. Lines are read by the one JSONL reader
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Callable, Iterator
@@ -98,6 +99,19 @@ def _margin(row: dict, where: str) -> float | None:
     if isinstance(m, bool) or not isinstance(m, (int, float)) or m != m:
         raise DataError(f"{where}: field 'margin' must be a number, got {m!r}")
     return float(m)
+
+
+def check_record(pair: PreferencePair, where: str, source: str) -> PreferencePair | None:
+    """A typed record (the arena export's) under the rules :func:`pair_from_row` applies to a row: the prompt ends
+    with a user message; None for identical answers. Returns a copy with ``source`` set."""
+    if not pair.prompt or pair.prompt[-1].get("role") != "user":
+        raise DataError(f"{where}: the prompt must end with a user message")
+    for name in ("chosen", "rejected"):
+        if not isinstance(getattr(pair, name), str):
+            raise DataError(f"{where}: {name!r} must be a string")
+    if pair.chosen.strip() == pair.rejected.strip():
+        return None
+    return dataclasses.replace(pair, source=source)
 
 
 def pair_from_row(row: dict, where: str, source: str) -> PreferencePair | None:

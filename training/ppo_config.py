@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rlhf_demo.adapters import DEFAULT_TARGETS
+
 
 @dataclass
 class PPOConfig:
@@ -35,8 +37,9 @@ class PPOConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of the policy and critic adapters"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0 keeps rollout and update identical)"})
-    lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                                     metadata={"help": "comma-separated module names that get LoRA"})
+    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS), metadata={
+        "help": "module names that get LoRA (a list, as the reward model's; 'q_proj,v_proj', the old comma form, "
+                "still works)"})
     lora_layers: int = field(default=0, metadata={
         "help": "put the policy/critic LoRA on the top N decoder layers only (0 = all layers)"})
     shared_trunk: bool = field(default=True, metadata={
@@ -128,5 +131,13 @@ class PPOConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --run-dir"})
     run_dir: str = field(default="", metadata={"help": "where checkpoints/metrics/plots go (default: <data dir>/runs/ppo-<time>)"})
     seed: int = field(default=0, metadata={"help": "seed for prompts, sampling and initialisation"})
-    report_to: str = field(default="jsonl", metadata={"help": "'jsonl', or 'tensorboard' (also writes jsonl)"})
+    report_to: list[str] = field(default_factory=lambda: ["jsonl"], metadata={
+        "help": "metric sinks: jsonl (always written), tensorboard"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
+
+    def __post_init__(self) -> None:
+        # one type everywhere (a list, as RewardConfig's); a comma string (older configs and cards) still reads
+        mods = [self.lora_target_modules] if isinstance(self.lora_target_modules, str) else self.lora_target_modules
+        self.lora_target_modules = [m.strip() for item in mods for m in str(item).split(",") if m.strip()]
+        if isinstance(self.report_to, str):  # the older single-string form
+            self.report_to = [self.report_to]

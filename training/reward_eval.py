@@ -133,8 +133,8 @@ def evaluate_only(config, settings: Settings, out=None) -> dict:
     from training.roles import load_reward_scorer
 
     out = out or sys.stdout
-    if config.num_threads > 0:
-        torch.set_num_threads(config.num_threads)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     if config.bf16 and settings.dtype == "auto":
         settings = dataclasses.replace(settings, dtype="bfloat16")
     scorer = load_reward_scorer(settings, config.reward_model, allow_judge=True)  # scoring a judge is fine; training it is not
