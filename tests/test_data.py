@@ -142,6 +142,8 @@ def test_arena_source_reads_the_feedback_database(tmp_path):
     store.close()
     [pair] = load_pairs(["arena"], settings)
     assert pair.source == "arena" and pair.chosen == "I can't help with that." and pair.rejected == "Sure: step 1"
+    assert pair.meta["from"] == "vote"  # the export's typed record itself, read without a TRL round trip
+    assert load_pairs(["votes=arena"], settings)[0].source == "votes"  # the spec's name, as for a file source
     with pytest.raises(DataError, match="no feedback database"):
         load_pairs(["arena"], Settings(data_dir=tmp_path / "empty"))
 

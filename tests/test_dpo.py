@@ -186,6 +186,21 @@ def test_kill_resume_and_publish_a_policy_version(tiny_settings, tmp_path):
     assert card["data"][0]["sha256"] == {"pairs.jsonl": sha256_file(data)}
     assert card["command"].startswith("python -m training.dpo")
     assert reg.next_name("policy", prefix="dpo") == "dpo-v1" and reg.next_name("policy") == "rlhf-v0"
+    # served like any policy version: the arena's server lists and loads it, and it is the newest policy
+    from rlhf_demo.base_model import load_base_model
+    from rlhf_demo.generation import GenerationParams, PolicyServer, Request
+
+    assert reg.current("policy").name == "dpo-v0"
+    model, tok = load_base_model(tiny_settings)
+    server = PolicyServer(model, tok, reg)
+    try:
+        assert "dpo-v0" in server.policies()
+        [stream] = server.submit([Request([{"role": "user", "content": "hi"}], "dpo-v0",
+                                          GenerationParams(max_new_tokens=3, greedy=True))])
+        stream.result(timeout=120)
+        assert "dpo-v0" in server.loaded
+    finally:
+        server.close()
 
 
 def test_every_flag_has_help():
@@ -197,3 +212,27 @@ def test_every_flag_has_help():
     for action in parser._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, action.option_strings
+
+
+def test_ipo_and_conservative_dpo_train(tiny_settings, tmp_path):
+    data = learnable_pairs(tmp_path / "pairs.jsonl", 12)
+    for name, kw in (("ipo", dict(loss_type="ipo", beta=0.5)), ("cdpo", dict(label_smoothing=0.2, beta=0.5))):
+        losses = []
+        result = train(cfg(tmp_path / name, data=[str(data)], validation_fraction=0.25, batch_size=8, max_steps=6,
+                           learning_rate=1e-2, warmup_ratio=0.0, lr_scheduler="constant", **kw), tiny_settings,
+                       on_step=lambda s, i: losses.append(i["loss"]))
+        assert losses[-1] < losses[0], (name, losses)
+        assert result.metrics["validation"]["eval/accuracy"] > 0.5, name
+
+
+@pytest.mark.slow
+def test_qlora_path_trains_on_cpu(tiny_settings, tmp_path):
+    import dataclasses
+
+    settings = dataclasses.replace(tiny_settings, load_in_4bit=True)
+    losses = []
+    result = train(cfg(tmp_path, data=[str(learnable_pairs(tmp_path / "p.jsonl", 8))], batch_size=4, max_steps=3,
+                   validation_fraction=0.0, learning_rate=5e-3), settings, on_step=lambda s, i: losses.append(i["loss"]))
+    assert getattr(result.model.get_base_model(), "is_loaded_in_4bit", False)
+    assert len(losses) == 3 and all(x == x for x in losses)
+    assert (result.model_dir / "adapter_model.safetensors").is_file()

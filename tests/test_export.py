@@ -120,6 +120,26 @@ def test_prompts_for_ppo(store, tmp_path):
     assert all(set(r) == {"id", "category", "prompt"} and r["category"] == "arena" for r in rows)
 
 
+def test_export_returns_typed_records(store, tmp_path):
+    """Issue #14: export returns the core's typed records; TRL rows only at the file boundary (and .pairs)."""
+    from rlhf_demo.export import export_prompt_items
+    from rlhf_demo.records import PreferencePair, PromptItem
+
+    res = export_pairs(store, "trl", tmp_path / "pairs.jsonl")
+    assert all(isinstance(r, PreferencePair) for r in res.records) and len(res.records) == res.written == 5
+    bread = res.records[0]
+    assert (bread.prompt, bread.chosen, bread.rejected, bread.source) == (
+        [{"role": "user", "content": "How do I bake bread?"}], "Knead, rise, bake.", "No.", "arena")
+    assert bread.meta["from"] == "vote" and bread.meta["vote_id"] == 1
+    multi = res.records[2]  # the preferred side's history is the prompt
+    assert [m["content"] for m in multi.prompt] == ["2+2?", "4", "and 3+3?"] and multi.chosen == "6"
+    assert res.pairs == [r.to_trl() for r in res.records]
+    items = export_prompt_items(store)
+    assert all(isinstance(i, PromptItem) for i in items)
+    assert [i.to_row() for i in items] == export_prompts(store)
+    assert (items[0].text, items[0].source, items[0].category) == ("How do I bake bread?", "arena", "arena")
+
+
 def test_cli(store, tmp_path):
     out = subprocess.run([sys.executable, "-m", "rlhf_demo.export", "--format", "trl", "--out",
                           str(tmp_path / "cli.jsonl"), "--prompts", str(tmp_path / "p.jsonl"),

@@ -350,3 +350,80 @@ def test_cancel_during_publish_leaves_no_partial_version(stubbed, monkeypatch):
     seed_votes(settings, 1, start=2)
     summary = P.run_pipeline(P.PipelineConfig(), settings, echo=False)
     assert summary["published"] == "rlhf-v0" and not leftover.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# one config system (issue #14): the stage configs nested, one name and type per field
+# ------------------------------------------------------------------------------------------------
+def test_pipeline_config_nests_the_stage_configs_with_the_old_defaults():
+    from dataclasses import fields
+
+    from eval.config import EvalConfig
+    from training.ppo_config import PPOConfig
+    from training.reward_config import RewardConfig
+
+    cfg = P.PipelineConfig()
+    assert isinstance(cfg.reward, RewardConfig) and isinstance(cfg.ppo, PPOConfig) and isinstance(cfg.eval, EvalConfig)
+    own = {f.name for f in fields(P.PipelineConfig)}
+    for prefix, cls in (("reward", RewardConfig), ("ppo", PPOConfig), ("eval", EvalConfig)):
+        assert not {f"{prefix}_{f.name}" for f in fields(cls)} & own, f"{prefix} fields re-declared"
+    # the pipeline's defaults from before the nesting
+    assert (cfg.reward.learning_rate, cfg.reward.lora_r, cfg.reward.batch_size, cfg.reward.max_length,
+            cfg.reward.epochs, cfg.reward.max_steps) == (1e-4, 16, 8, 512, 1.0, 0)
+    assert (cfg.ppo.prompts, cfg.ppo.iterations, cfg.ppo.rollout_batch_size, cfg.ppo.mini_batch_size,
+            cfg.ppo.response_length, cfg.ppo.val_prompts, cfg.ppo.eval_every, cfg.ppo.critic_warmup, cfg.ppo.kl_coef,
+            cfg.ppo.kl_bound, cfg.ppo.policy_lr, cfg.ppo.lora_r) == (["seed", "arena"], 20, 16, 8, 48, 16, 5, 4, 0.05,
+                                                                     10.0, 2e-4, 16)
+    assert (cfg.eval.suites, cfg.eval_limit, cfg.eval.max_new_tokens, cfg.eval.safety_max_new_tokens,
+            cfg.eval.kl_samples, cfg.eval.n_bootstrap, cfg.eval.batch_size, cfg.eval.judge) == (
+        None, 40, 128, 48, 64, 1000, 32, "reward")
+
+
+def test_one_name_and_one_type_per_field_across_the_configs():
+    import typing
+
+    from eval.config import EvalConfig
+    from training.ppo_config import PPOConfig
+    from training.reward_config import RewardConfig
+
+    hints = {c.__name__: typing.get_type_hints(c) for c in (RewardConfig, PPOConfig, EvalConfig, P.PipelineConfig)}
+    for name in set().union(*hints.values()):
+        types = {c: h[name] for c, h in hints.items() if name in h}
+        assert len(set(map(str, types.values()))) == 1, (name, types)
+    for h in hints.values():
+        assert "num_threads" not in h and h.get("lora_target_modules", list[str]) == list[str]
+
+
+def test_pipeline_flags_reach_the_nested_configs():
+    from rlhf_demo.flags import parse_config
+
+    cfg, _ = parse_config(P.PipelineConfig, "x", None, [
+        "--threads", "1", "--reward-learning-rate", "3e-4", "--reward-lora-target-modules", "q_proj", "v_proj",
+        "--ppo-iterations", "7", "--ppo-lora-target-modules", "q_proj,v_proj", "--no-ppo-whiten-advantages",
+        "--ppo-prompts", "seed:4", "--eval-suites", "a.txt", "b.txt", "--eval-judge-categories", "helpful,unsafe",
+        "--eval-limit", "5"])
+    assert (cfg.threads, cfg.reward.learning_rate, cfg.reward.lora_target_modules) == (1, 3e-4, ["q_proj", "v_proj"])
+    assert (cfg.ppo.iterations, cfg.ppo.lora_target_modules, cfg.ppo.whiten_advantages, cfg.ppo.prompts) == (
+        7, ["q_proj", "v_proj"], False, ["seed:4"])
+    assert (cfg.eval.suites, cfg.eval.judge_categories, cfg.eval_limit) == (["a.txt", "b.txt"], ["helpful", "unsafe"], 5)
+    assert cfg.reward.batch_size == 8 and cfg.ppo.kl_coef == 0.05  # untouched fields keep the pipeline's defaults
+    for fixed in (["--ppo-run-dir", "x"], ["--reward-data", "seed"], ["--eval-policies", "sft"], ["--reward-threads", "1"]):
+        with pytest.raises(SystemExit):  # set by the pipeline itself: not a flag
+            parse_config(P.PipelineConfig, "x", None, fixed)
+
+
+def test_old_flag_spellings_still_parse():
+    from eval.__main__ import build_parser as eval_parser
+    from eval.config import EvalConfig
+    from rlhf_demo.flags import config_from_args
+    from training.reward_model import RewardConfig, build_parser
+
+    for flag in ("--num-threads", "--threads"):
+        assert config_from_args(RewardConfig, build_parser().parse_args([flag, "1"])).threads == 1
+    ecfg, settings = eval_parser().parse_config(EvalConfig, ["--policies", "sft", "rlhf-v0", "--suite", "xstest",
+                                                             "--suite", "unsafe:x.txt", "--limit", "20",
+                                                             "--judge-categories", "all", "--threads", "1"])
+    assert (ecfg.policies, ecfg.suites, ecfg.limits, ecfg.judge_categories, ecfg.threads, ecfg.max_new_tokens) == (
+        ["sft", "rlhf-v0"], ["xstest", "unsafe:x.txt"], ["20"], ["unsafe", "safe", "helpful"], 1, 128)
+    help_text = eval_parser().format_help()
+    assert "RLHF_ARENA_HOME" in help_text and "--judge-categories" in help_text and "--suite" in help_text

@@ -265,6 +265,36 @@ def test_reward_model_cli_killed_at_a_random_step_resumes_and_publishes(tiny_set
     assert not watcher.problems, watcher.problems
 
 
+@pytest.mark.slow
+def test_dpo_cli_killed_at_a_random_step_resumes_and_publishes(tiny_settings, tmp_path):
+    run_dir, log = tmp_path / "run", tmp_path / "dpo.log"
+    args = ["training.dpo", "--base-model", tiny_settings.base_model, "--data-dir", str(tmp_path),
+            "--device", "cpu", "--dtype", "float32", "--data", "seed:40", "--max-steps", "12", "--batch-size", "2",
+            "--save-steps", "1", "--save-total-limit", "3", "--lora-r", "4", "--lora-alpha", "8",
+            "--lora-target-modules", "q_proj", "v_proj", "--max-length", "128", "--logging-steps", "1",
+            "--run-dir", str(run_dir), "--no-progress", "--name", "dpo-v3", "--seed", "0"]
+    step = kill_step(3, 8, salt=3)
+    with RegistryWatcher(tmp_path / "versions", "policy") as watcher:
+        _kill_at_checkpoint(_start(args, log), run_dir, step, log)
+        assert Registry(tmp_path / "versions", package_dir=None).names("policy") == ["sft"]
+        newest = ckpt.list_checkpoints(run_dir)[-1][1]
+        truncate(newest / "optimizer.pt")
+        resume_log = tmp_path / "resume.log"
+        proc = _start(args + ["--resume"], resume_log)
+        assert proc.wait(timeout=600) == 0, resume_log.read_text()[-3000:]
+    out = resume_log.read_text()
+    assert f"checkpoint {newest.name} is unusable" in out and "falling back to" in out
+    assert f"at step {newest_step(newest) - 1}/12" in out, out[-2000:]
+    assert "published dpo-v3" in out
+    v = Registry(tmp_path / "versions", package_dir=None).get("dpo-v3", kind="policy")
+    validate_version_dir(v.path)
+    assert v.card["metrics"]["steps"] == 12 and v.card["kind"] == "policy"
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    steps = [r["step"] for r in rows if "train/loss" in r]
+    assert steps == list(range(1, 13)), steps  # each step logged exactly once across the kill
+    assert not watcher.problems, watcher.problems
+
+
 def newest_step(path: Path) -> int:
     return int(path.name.split("-")[1])
 

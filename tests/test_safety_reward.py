@@ -140,3 +140,16 @@ def test_a_composed_version_scores_head_plus_term(tmp_path, monkeypatch, embedde
     plain = RewardScorer(scorer.reward_model, scorer.tokenizer)  # a plain version: no term
     assert plain.safety is None and plain.finish([conv], [0.5]) == [0.5]
     assert plain.score([conv])[0] == pytest.approx(raw, abs=1e-6)
+
+
+def test_continuing_a_composed_version_carries_its_term(tmp_path):
+    """The pipeline continues the newest reward model: a composed parent's term goes into the new version."""
+    from training.reward_model import carry_safety_term
+
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    parent.mkdir()
+    child.mkdir()
+    assert carry_safety_term(parent, child) is None and not (child / TERM_FILE).exists()
+    _term().save(parent)
+    card = carry_safety_term(parent, child)
+    assert card["note"] == "test" and SafetyTerm.load(child).v.tolist() == pytest.approx(_term().v.tolist())

@@ -42,8 +42,8 @@ from rlhf_demo.model_patches import causal_lm
 from rlhf_demo.registry import Registry, publish_to, software_versions
 from training import checkpoint as ckpt
 from training import distributed as dist
-from training.data import DataError, batch_order, load_pairs, parse_source, split_by_prompt
-from training.dpo_logps import (all_logps, answer_logps, answer_targets, evaluate, frozen_cache,  # noqa: F401
+from training.data import DataError, batch_order, load_pairs, parse_source, prompt_key, split_by_prompt
+from training.dpo_logps import (all_logps, answer_logps, answer_targets, eval_mode, evaluate, frozen_cache,  # noqa: F401
                                 pair_inputs, plot_curves)
 from training.dpo_losses import LOSS_TYPES, dpo_loss, implicit_rewards, reward_accuracy
 from training.reward_eval import autocast, encode_all
@@ -61,6 +61,9 @@ class DPOConfig:
         "action": "append", "metavar": "SOURCE"})
     validation_fraction: float = field(default=0.1, metadata={
         "help": "share of PROMPTS held out for the held-out metrics (split by a seeded hash of the prompt)"})
+    eval_data: list[str] = field(default_factory=list, metadata={
+        "help": "more held-out pairs, repeatable (same SOURCE forms as --data; never trained on), e.g. "
+                "heldout=rlhf_demo/data/pairs/heldout_val.jsonl", "action": "append", "metavar": "SOURCE"})
     skip_invalid: bool = field(default=False, metadata={"help": "skip malformed rows with a warning instead of stopping"})
     max_length: int = field(default=256, metadata={
         "help": "longest conversation (prompt + answer) in tokens; older prompt tokens are cut first"})
@@ -107,7 +110,9 @@ class DPOConfig:
     save_steps: int = field(default=50, metadata={"help": "checkpoint every N optimizer steps (0: never)"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints to keep (0: all)"})
     logging_steps: int = field(default=10, metadata={"help": "write training metrics every N optimizer steps"})
-    eval_steps: int = field(default=0, metadata={"help": "held-out metrics every N steps (0: at the start and end only)"})
+    eval_steps: int = field(default=0, metadata={"help": "held-out metrics every N steps (0: at the end only)"})
+    eval_at_start: bool = field(default=True, metadata={
+        "help": "held-out metrics at step 0 too (the policy is the reference there: loss log 2, accuracy 0.5, KL 0)"})
     eval_batch_size: int = field(default=16, metadata={"help": "pairs per evaluation batch"})
     report_to: list[str] = field(default_factory=lambda: ["jsonl"], metadata={
         "help": "metric sinks: jsonl (always written), tensorboard", "nargs": "+"})
@@ -167,6 +172,13 @@ def train(config: DPOConfig, settings: Settings, on_step: Callable[[int, dict], 
     train_pairs, val_pairs = split_by_prompt(pairs, config.validation_fraction, config.seed)
     if not train_pairs:
         raise DataError("no training pairs left after the validation split")
+    if config.eval_data:
+        extra = load_pairs(config.eval_data, settings, skip_invalid=config.skip_invalid)
+        trained = {prompt_key(p.prompt) for p in train_pairs}
+        overlap = sum(prompt_key(p.prompt) in trained for p in extra)
+        if overlap:
+            raise DataError(f"--eval-data: {overlap} held-out pairs have a prompt that is also a training prompt")
+        val_pairs = val_pairs + extra
     from training.reward_model import source_sha256
 
     data_card = [{"spec": s, "name": src.name, "sha256": source_sha256(src),
@@ -174,6 +186,9 @@ def train(config: DPOConfig, settings: Settings, on_step: Callable[[int, dict], 
                   "train": sum(p.source == src.name for p in train_pairs),
                   "validation": sum(p.source == src.name for p in val_pairs)}
                  for s, src in zip(config.data, map(parse_source, config.data))]
+    data_card += [{"spec": s, "name": src.name, "sha256": source_sha256(src), "held_out_only": True,
+                   "validation": sum(p.source == src.name for p in val_pairs)}
+                  for s, src in zip(config.eval_data, map(parse_source, config.eval_data))]
 
     if config.bf16 and settings.dtype == "auto":
         settings = dataclasses.replace(settings, dtype="bfloat16")
@@ -233,11 +248,9 @@ def train(config: DPOConfig, settings: Settings, on_step: Callable[[int, dict], 
     if start_layer > 0:
         train_cache = frozen_cache(model, train_enc, pad_id, start_layer, config.eval_batch_size, config.bf16, device)
         val_cache = frozen_cache(model, val_enc, pad_id, start_layer, config.eval_batch_size, config.bf16, device)
-    model.eval()  # the reference has no dropout; LoRA dropout (if any) is switched back on below
+    eval_mode(model)  # no dropout in the reference pass; LoRA dropout (if any) is switched back on below
     ref_train = all_logps(model, train_enc, pad_id, device, config.eval_batch_size, config.bf16, train_cache,
                           start_layer, reference=True)
-    ref_val = all_logps(model, val_enc, pad_id, device, config.eval_batch_size, config.bf16, val_cache,
-                        start_layer, reference=True) if val_enc else None
     model.train()
     print(f"[dpo] {len(train_pairs)} training pairs, {len(val_pairs)} held out; {total_steps} steps of "
           f"{config.batch_size}x{config.grad_accumulation} pairs; {sum(p.numel() for p in params):,} trainable "
@@ -245,8 +258,8 @@ def train(config: DPOConfig, settings: Settings, on_step: Callable[[int, dict], 
           f"run dir {run_dir}", file=sys.stderr)
 
     writer = MetricsLog(run_dir, config.report_to if dist.is_main() else [], timestamp=True)
-    if step == 0 and val_enc and dist.is_main():
-        writer.write(0, evaluate(model, val_enc, ref_val, config, pad_id, device, val_cache, start_layer))
+    if step == 0 and val_enc and config.eval_at_start and dist.is_main():
+        writer.write(0, evaluate(model, val_enc, config, pad_id, device, val_cache, start_layer))
     bar = None
     if config.progress and dist.is_main():
         from tqdm.auto import tqdm
@@ -306,7 +319,7 @@ def train(config: DPOConfig, settings: Settings, on_step: Callable[[int, dict], 
                 window.clear()
                 window_t = time.time()
             if config.eval_steps and step % config.eval_steps == 0 and val_enc and step < total_steps and dist.is_main():
-                writer.write(step, evaluate(model, val_enc, ref_val, config, pad_id, device, val_cache, start_layer))
+                writer.write(step, evaluate(model, val_enc, config, pad_id, device, val_cache, start_layer))
             if config.save_steps and step % config.save_steps == 0 and step < total_steps:
                 dist.check_in_sync(params)
                 if dist.is_main():
@@ -325,7 +338,7 @@ def train(config: DPOConfig, settings: Settings, on_step: Callable[[int, dict], 
         dist.barrier()
         return TrainResult(run_dir, step, metrics, model=model)
     if val_enc:
-        metrics["validation"] = evaluate(model, val_enc, ref_val, config, pad_id, device, val_cache, start_layer)
+        metrics["validation"] = evaluate(model, val_enc, config, pad_id, device, val_cache, start_layer)
         writer.write(step, metrics["validation"])
         first = next((r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("step") == 0), None)
         if first:

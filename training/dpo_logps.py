@@ -120,35 +120,66 @@ def all_logps(model, encoded, pad_id, device, batch_size, bf16, cache=None, star
     return out
 
 
-@torch.no_grad()
-def evaluate(model, encoded, ref: torch.Tensor, config, pad_id, device, cache=None, start_layer=0) -> dict:
-    """Held-out loss, implicit-reward accuracy and margin, and the exact token KL(π‖π_ref) on the answers."""
-    was_training = model.training
+def eval_mode(model) -> None:
+    """``model.eval()`` (no dropout), except bitsandbytes' 4-bit layers: in eval mode on CPU they repack their
+    weights for an inference kernel (which fails for some shapes); their forward is the same in both modes."""
     model.eval()
+    for m in model.modules():
+        if type(m).__module__.startswith("bitsandbytes"):
+            m.train()
+
+
+@torch.no_grad()
+def evaluate(model, encoded, config, pad_id, device, cache=None, start_layer=0) -> dict:
+    """Held-out loss, implicit-reward accuracy and margin (overall and per source), and the exact token
+    KL(π‖π_ref) at the answer positions; ONE policy and one reference pass per batch, both read with the same
+    arithmetic (so at step 0, where the policy is the reference, every margin is exactly 0)."""
+    was_training = model.training
+    eval_mode(model)
+    head = causal_lm(model).get_output_embeddings()
+    pol = torch.zeros((len(encoded), 4))
+    ref = torch.zeros((len(encoded), 4))
+    kl_sum, n_tok = 0.0, 0
     try:
-        pol = all_logps(model, encoded, pad_id, device, config.eval_batch_size, config.bf16, cache, start_layer)
-        pc, pr = pair_inputs(pol, config.loss_type)
-        qc, qr = pair_inputs(ref, config.loss_type)
-        loss = dpo_loss(pc, pr, qc, qr, config.beta, config.loss_type, config.label_smoothing)
-        rc, rr = implicit_rewards(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], config.beta)
-        head = causal_lm(model).get_output_embeddings()
-        kl_sum, n_tok = 0.0, 0
-        for k in range(0, len(encoded), config.eval_batch_size):
-            items = encoded[k:k + config.eval_batch_size]
+        order = sorted(range(len(encoded)), key=lambda i: -encoded[i].length)  # the batches all_logps makes
+        for k in range(0, len(order), config.eval_batch_size):
+            chunk = order[k:k + config.eval_batch_size]
+            items = [encoded[i] for i in chunk]
+            part = torch.zeros((2, len(chunk), 4))
             with autocast(device, config.bf16):
-                h_pol, *_ = _picked_hidden(model, items, pad_id, device, cache, start_layer)
+                h_pol, labels, segment, valid = _picked_hidden(model, items, pad_id, device, cache, start_layer)
                 with adapters_disabled(model):
-                    h_ref, *_ = _picked_hidden(model, items, pad_id, device, cache, start_layer)
-            for s in range(0, h_pol.shape[0], 256):
-                kl_sum += float(token_kl(head(h_pol[s:s + 256]), head(h_ref[s:s + 256])).sum())
+                    h_ref = _picked_hidden(model, items, pad_id, device, cache, start_layer)[0]
+                rows = torch.arange(valid.shape[0], device=h_pol.device)[:, None].expand_as(valid)[valid]
+                for s in range(0, h_pol.shape[0], 256):
+                    zp, zq = head(h_pol[s:s + 256]), head(h_ref[s:s + 256])
+                    kl_sum += float(token_kl(zp, zq).sum())
+                    for which, z in enumerate((zp, zq)):
+                        lp = torch.log_softmax(z.float(), -1).gather(-1, labels[s:s + 256, None]).squeeze(-1)
+                        for col, seg in ((0, 1), (1, 2)):
+                            m = segment[s:s + 256] == seg
+                            r = rows[s:s + 256][m].cpu()
+                            part[which, :, col].index_add_(0, r, lp[m].cpu())
+                            part[which, :, col + 2].index_add_(0, r, torch.ones(len(r)))
+            pol[chunk], ref[chunk] = part[0], part[1]
             n_tok += h_pol.shape[0]
     finally:
         model.train(was_training)
-    return {"eval/loss": round(float(loss), 6), "eval/accuracy": round(reward_accuracy(rc, rr), 6),
-            "eval/margin": round(float((rc - rr).mean()), 6), "eval/chosen_reward": round(float(rc.mean()), 6),
-            "eval/rejected_reward": round(float(rr.mean()), 6),
-            "eval/kl_token": round(kl_sum / max(1, n_tok), 6),
-            "eval/kl_answer": round(kl_sum / max(1, 2 * len(encoded)), 6), "eval/pairs": len(encoded)}
+    pc, pr = pair_inputs(pol, config.loss_type)
+    qc, qr = pair_inputs(ref, config.loss_type)
+    loss = dpo_loss(pc, pr, qc, qr, config.beta, config.loss_type, config.label_smoothing)
+    rc, rr = implicit_rewards(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], config.beta)
+    out = {"eval/loss": round(float(loss), 6), "eval/accuracy": round(reward_accuracy(rc, rr), 6),
+           "eval/margin": round(float((rc - rr).mean()), 6), "eval/chosen_reward": round(float(rc.mean()), 6),
+           "eval/rejected_reward": round(float(rr.mean()), 6), "eval/kl_token": round(kl_sum / max(1, n_tok), 6),
+           "eval/kl_answer": round(kl_sum / max(1, 2 * len(encoded)), 6), "eval/pairs": len(encoded)}
+    sources = sorted({e.source for e in encoded})
+    if len(sources) > 1:
+        for src in sources:
+            idx = torch.tensor([i for i, e in enumerate(encoded) if e.source == src])
+            out[f"eval/{src}/accuracy"] = round(reward_accuracy(rc[idx], rr[idx]), 6)
+            out[f"eval/{src}/pairs"] = len(idx)
+    return out
 
 
 PLOTTED = ["train/loss", "train/accuracy", "train/margin", "eval/loss", "eval/accuracy", "eval/margin",

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -311,6 +312,8 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
         writer.write(step, {f"eval/{k}/accuracy": v["accuracy"] for k, v in val_metrics.items()})
     writer.close()
     model_dir = rm.save(run_dir / "final")
+    # continuing a composed version (reward head + safety term, rlhf_demo.safety_term): the term goes with it
+    carried = carry_safety_term(parent.path, model_dir) if parent else None
     card = {
         "kind": "reward",
         "role": config.role,
@@ -324,6 +327,7 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
                      "threads": torch.get_num_threads()},
         "metrics": metrics,
         "software": software_versions(),
+        **({"composed": {"safety_term_from": parent.name, "safety_term": carried}} if carried else {}),
     }
     (model_dir / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
     _print_summary(val_metrics, train_time, step)
@@ -334,6 +338,19 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
         print(f"[reward] published {result.version.name} at {result.version.path}", file=sys.stderr)
     dist.barrier()  # release the other ranks
     return result
+
+
+def carry_safety_term(parent_dir: Path, model_dir: Path) -> dict | None:
+    """Copy a composed parent's safety-term files next to the new adapter and head; returns the term's card.
+    (The term reads the frozen base, not the head, so it stays valid; its ``v`` was fitted against the
+    parent head's margins — refit with ``python -m training.safety_reward`` for a new base reward.)"""
+    from rlhf_demo.safety_term import TERM_CARD, TERM_FILE
+
+    if not (Path(parent_dir) / TERM_FILE).exists():
+        return None
+    for name in (TERM_FILE, TERM_CARD):
+        shutil.copyfile(Path(parent_dir) / name, Path(model_dir) / name)
+    return json.loads((Path(model_dir) / TERM_CARD).read_text())
 
 
 def source_sha256(src) -> dict | None:
