@@ -52,9 +52,10 @@ PPO_V0_ARGS ?= --reward-model reward-v0 --prompts seed --iterations 45 --rollout
 train-ppo-v0: venv
 	$(PY) -m training.ppo $(PPO_V0_ARGS) $(ARGS)
 
-# The shipped rlhf-v1: PPO-max from the SFT model against the composed reward-v1, on a pool balanced between
+# The rlhf-v1 recipe (run 2026-11-29; NOT shipped — on validation no better than SFT, docs/rlhf-v1/README.md):
+# PPO-max from the SFT model against the composed reward-v1, on a pool balanced between
 # harmful, risky-but-safe and ordinary train-role prompts plus the seed prompts (validation: 48 val-role
-# prompts), no ptx, fresh critic; ~45 min at 1 thread. The checkpoint is chosen on val/refusal_margin within
+# prompts), no ptx, fresh critic; ~60 min at 1 thread on a shared machine. The checkpoint is chosen on val/refusal_margin within
 # the KL bound and the over-refusal bound (validation prompts only).
 PPO_V1_ARGS ?= --reward-model reward-v1 --prompts mix seed --iterations 60 --rollout-batch-size 16 \
 	--mini-batch-size 8 --ppo-epochs 4 --response-length 48 --lora-layers 8 --policy-lr 2e-4 --critic-lr 3e-4 \
