@@ -153,3 +153,23 @@ def test_continuing_a_composed_version_carries_its_term(tmp_path):
     _term().save(parent)
     card = carry_safety_term(parent, child)
     assert card["note"] == "test" and SafetyTerm.load(child).v.tolist() == pytest.approx(_term().v.tolist())
+
+
+def test_ppo_roles_keep_the_safety_term_apart():
+    """PPO logs reward/rm_mean and reward/safety_mean from ActorCriticRoles.last_safety."""
+    import torch
+
+    from training.actor_critic import ActorCriticRoles
+
+    class Scorer:
+        safety = object()
+
+        def finish(self, conversations, raw):
+            return [r + 10.0 * i for i, r in enumerate(raw)]
+
+    roles = ActorCriticRoles.__new__(ActorCriticRoles)
+    roles.scorer = Scorer()
+    total = roles._finish([[], []], torch.tensor([1.0, 2.0]))
+    assert total.tolist() == [1.0, 12.0] and roles.last_safety.tolist() == [0.0, 10.0]
+    roles.scorer = type("Plain", (), {"safety": None})()
+    assert roles._finish([[]], torch.tensor([3.0])).tolist() == [3.0] and roles.last_safety is None

@@ -128,6 +128,7 @@ class ActorCriticRoles:
         self.reward_shares_trunk = (bool(split_layer) and "reward" in model.peft_config
                                     and adapter_start_layer(model, "reward") >= split_layer)
         self.last_shared_scores: int | None = None  # rows the last score_and_trunk scored from the trunk
+        self.last_safety: torch.Tensor | None = None  # a composed reward's safety term of the last rows scored
         # On CPU, the policy/reference/critic/reward forwards (not the no-grad trunk, not decoding) run their
         # attention in float32 matmuls (training.roles.float32_attention_forward): as accurate as SDPA's flash
         # kernel and ~4x faster in the backward pass. Its results also do not move with the padded width of the
@@ -252,11 +253,25 @@ class ActorCriticRoles:
             return self.critic_head(self._hidden(input_ids, attention_mask, trunk))
 
     def score(self, conversations: list[list[dict]]) -> torch.Tensor:
-        """Reward-model scores of whole conversations (prompt messages + the answer)."""
+        """Reward-model scores of whole conversations (prompt messages + the answer); for a composed version
+        the head's score plus the safety term (the term alone is kept in ``last_safety``)."""
         if self.scorer.reward_model is None:  # a toy reward reads the text only
+            self.last_safety = None
             return torch.tensor(self.scorer.score(conversations), dtype=torch.float32)
+        return self._finish(conversations, self._score_raw(conversations))
+
+    def _score_raw(self, conversations: list[list[dict]]) -> torch.Tensor:
         with self.use("reward"):
-            return torch.tensor(self.scorer.score(conversations), dtype=torch.float32)
+            return torch.tensor(self.scorer.score_raw(conversations), dtype=torch.float32)
+
+    def _finish(self, conversations: list[list[dict]], raw: torch.Tensor) -> torch.Tensor:
+        """Head scores -> the version's reward; ``last_safety`` = the safety term of each row (None if plain)."""
+        if getattr(self.scorer, "safety", None) is None:
+            self.last_safety = None
+            return raw
+        total = torch.tensor(self.scorer.finish(conversations, raw.tolist()), dtype=torch.float32)
+        self.last_safety = total - raw
+        return total
 
     @torch.no_grad()
     def score_and_trunk(self, conversations: list[list[dict]], input_ids, attention_mask):
@@ -308,13 +323,10 @@ class ActorCriticRoles:
         scores = torch.zeros(B, dtype=torch.float32)
         picked = hidden[torch.arange(len(shared), device=device), last]
         scores[shared] = self.scorer.reward_model.head(picked).float().cpu()
-        if self.scorer.safety is not None:  # a composed version: the head's score plus the safety term
-            scores[shared] = torch.tensor(self.scorer.finish([conversations[i] for i in shared], scores[shared].tolist()),
-                                          dtype=torch.float32)
         text = [i for i, c in enumerate(plan) if c is None]
         if text:
-            scores[text] = self.score([conversations[i] for i in text])
-        return scores, trunk
+            scores[text] = self._score_raw([conversations[i] for i in text])
+        return self._finish(conversations, scores), trunk  # a composed version: plus the safety term
 
     # -- parameters, state, saving -----------------------------------------------------------
     def params(self, role: str) -> list[torch.nn.Parameter]:

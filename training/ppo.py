@@ -365,6 +365,9 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
                      seed=cfg.seed * 100003 + step * 1009 + rank * cfg.rollout_batch_size)
         ex = make_experience(roles, ro, cfg, moments)
         metrics = rollout_metrics(ro, ex, cfg)
+        if roles.last_safety is not None:  # a composed reward: its two parts, so a run shows which one moves
+            metrics["reward/safety_mean"] = float(roles.last_safety.mean())
+            metrics["reward/rm_mean"] = metrics["reward/score_mean"] - metrics["reward/safety_mean"]
         warmup = step <= cfg.critic_warmup  # PPO-max: critic warm-up before the policy moves
         ptx_batch = ptx.batch(step) if ptx else None
         metrics.update(ppo_update(roles, ro, ex, cfg, policy_opt, critic_opt, not warmup, update_rng, ptx_batch))
