@@ -47,7 +47,7 @@ from training.dpo_logps import (all_logps, answer_logps, answer_targets, eval_mo
                                 pair_inputs, plot_curves)
 from training.dpo_losses import LOSS_TYPES, dpo_loss, implicit_rewards, reward_accuracy
 from training.reward_eval import autocast, encode_all
-from training.scaffold import default_run_dir, lr_lambda, newest_run, seed_everything
+from training.scaffold import default_run_dir, load_pair_model, lr_lambda, newest_run, seed_everything
 
 ADAPTER = "policy"
 
@@ -190,16 +190,7 @@ def train(config: DPOConfig, settings: Settings, on_step: Callable[[int, dict], 
                    "validation": sum(p.source == src.name for p in val_pairs)}
                   for s, src in zip(config.eval_data, map(parse_source, config.eval_data))]
 
-    if config.bf16 and settings.dtype == "auto":
-        settings = dataclasses.replace(settings, dtype="bfloat16")
-    if model is None:
-        from rlhf_demo.base_model import load_base_model
-
-        model, tokenizer = load_base_model(settings)
-    elif tokenizer is None:
-        from rlhf_demo.base_model import load_tokenizer
-
-        tokenizer = load_tokenizer(settings)
+    settings, model, tokenizer = load_pair_model(settings, config.bf16, model, tokenizer)
     train_enc = encode_all(tokenizer, train_pairs, config.max_length)
     val_enc = encode_all(tokenizer, val_pairs, config.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -53,7 +53,7 @@ from training.reward_config import RewardConfig  # noqa: F401 - the trainer's co
 from training.reward_eval import (autocast, build_frozen_cache, calibration, check_frozen_split,  # noqa: F401
                                   encode_all, evaluate_only, pad_cached, score_encoded, summarize)
 from training.roles import DEFAULT_TARGETS, RewardModel, lora_config, num_layers
-from training.scaffold import default_run_dir, lr_lambda, newest_run, seed_everything
+from training.scaffold import default_run_dir, load_pair_model, lr_lambda, newest_run, seed_everything
 
 log = logging.getLogger("training.reward_model")
 
@@ -113,16 +113,7 @@ def train(config: RewardConfig, settings: Settings, on_step: Callable[[int, dict
                   "validation": sum(p.source == src.name for p in val_pairs)} for s, src in zip(config.data, sources)]
 
     # -- model ----------------------------------------------------------------------------
-    if config.bf16 and settings.dtype == "auto":
-        settings = dataclasses.replace(settings, dtype="bfloat16")
-    if model is None:
-        from rlhf_demo.base_model import load_base_model
-
-        model, tokenizer = load_base_model(settings)
-    elif tokenizer is None:
-        from rlhf_demo.base_model import load_tokenizer
-
-        tokenizer = load_tokenizer(settings)
+    settings, model, tokenizer = load_pair_model(settings, config.bf16, model, tokenizer)
     train_enc = encode_all(tokenizer, train_pairs, config.max_length)
     val_enc = encode_all(tokenizer, val_pairs, config.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -62,3 +62,21 @@ def prepare_run_dir(run_dir: str | Path, settings: Settings, prefix: str, config
     if dist.is_main():
         (path / "config.json").write_text(json.dumps(config, indent=2))
     return path
+
+
+def load_pair_model(settings: Settings, bf16: bool, model=None, tokenizer=None):
+    """``(settings, model, tokenizer)`` for a pair trainer (reward model, DPO): the base in bfloat16 when ``bf16``
+    and the dtype is ``auto``; a given model is kept (its tokenizer loaded if missing)."""
+    import dataclasses
+
+    if bf16 and settings.dtype == "auto":
+        settings = dataclasses.replace(settings, dtype="bfloat16")
+    if model is None:
+        from rlhf_demo.base_model import load_base_model
+
+        model, tokenizer = load_base_model(settings)
+    elif tokenizer is None:
+        from rlhf_demo.base_model import load_tokenizer
+
+        tokenizer = load_tokenizer(settings)
+    return settings, model, tokenizer
