@@ -36,6 +36,8 @@ lora = torch.cat([p.detach().flatten() for n, p in w.named_parameters() if "lora
 out = {"rank": acc.process_index, "world": acc.num_processes, "loss": loss.item(), "lora_sum": lora.sum().item(),
        "lora_norm": lora.norm().item()}
 open(sys.argv[2] + f"/rank{acc.process_index}.json", "w").write(json.dumps(out))
+acc.wait_for_everyone()
+acc.end_training()  # destroys the gloo process group; without it a rank can abort at exit ("terminate called ...")
 '''
 
 
