@@ -69,7 +69,7 @@ train-ppo: venv
 # LoRA r16 on the top 8 layers, one epoch, bfloat16, 1 thread. Held-out implicit-reward accuracy and KL: its card.
 DPO_V0_ARGS ?= --data seed --data built=$(PAIRS)/train.jsonl --validation-fraction 0.2 --max-length 256 \
 	--lora-r 16 --lora-alpha 32 --lora-layers 8 --bf16 --epochs 1 --batch-size 8 --learning-rate 5e-5 --beta 0.1 \
-	--no-eval-at-start --save-steps 25 --seed 0 --num-threads 1
+	--no-eval-at-start --save-steps 25 --seed 0 --threads 1
 train-dpo: venv
 	$(PY) -m training.dpo $(DPO_V0_ARGS) --publish-dir rlhf_demo/versions --name dpo-v0 --replace \
 		--description "dpo-v0: DPO on the reward model's pairs (make train-dpo)" $(ARGS)
@@ -103,14 +103,14 @@ eval-reward: venv
 # kept to reproduce the comparison.
 REWARD_ARGS ?= --reward-model reward-v0 --data seed --data hh=$(HH_RLHF):400 --data built=$(PAIRS)/train.jsonl \
 	--validation-fraction 0.2 --max-length 192 --bf16 --epochs 2 --batch-size 8 --learning-rate 3e-4 \
-	--center-rewards-coef 0.01 --seed 0 --num-threads 1
+	--center-rewards-coef 0.01 --seed 0 --threads 1
 train-reward-scalar: venv
 	$(PY) -m training.reward_model $(REWARD_ARGS) --no-publish --run-dir runs/reward-v1-scalar $(ARGS)
 
 # reward-v0 (the rlhf-v0 recipe's reward model; kept as shipped): seed pairs + all 1,800 HH-RLHF pairs.
 REWARD_V0_ARGS ?= --data seed --data hh=$(HH_RLHF) --validation-fraction 0.2 --max-length 256 \
 	--lora-r 16 --lora-alpha 32 --lora-layers 8 --bf16 --epochs 2 --batch-size 8 --learning-rate 3e-4 \
-	--center-rewards-coef 0.01 --seed 0 --num-threads 1
+	--center-rewards-coef 0.01 --seed 0 --threads 1
 train-reward-v0: venv
 	$(PY) -m training.reward_model $(REWARD_V0_ARGS) --publish-dir rlhf_demo/versions --name reward-v0 --replace \
 		--description "default reward model: seed pairs + HH-RLHF harmless (make train-reward)" $(ARGS)
@@ -119,9 +119,9 @@ train-reward-v0: venv
 # training reward model's data), another seed; agreement measured on judge_agreement.jsonl.
 JUDGE_ARGS ?= --data judge=$(PAIRS)/judge_train.jsonl --validation-fraction 0 --max-length 256 --lora-r 16 \
 	--lora-alpha 32 --lora-layers 8 --bf16 --epochs 3 --batch-size 8 --learning-rate 3e-4 \
-	--center-rewards-coef 0.01 --seed 7 --num-threads 1 --role judge
+	--center-rewards-coef 0.01 --seed 7 --threads 1 --role judge
 train-judge: venv
 	$(PY) -m training.reward_model $(JUDGE_ARGS) --publish-dir rlhf_demo/versions --name judge-v0 --replace \
 		--description "judge-v0: helpfulness judge on judge-role pairs only (make train-judge)" $(ARGS)
-	$(PY) -m training.reward_model --eval-only --reward-model judge-v0 --bf16 --num-threads 1 \
+	$(PY) -m training.reward_model --eval-only --reward-model judge-v0 --bf16 --threads 1 \
 		--data agreement=$(PAIRS)/judge_agreement.jsonl

@@ -311,3 +311,23 @@ def gradio_i18n():
     import gradio as gr
 
     return gr.I18n(en=EN, zh=ZH, **{"zh-CN": ZH, "zh-TW": ZH})
+
+
+def toast_js() -> str:
+    """The page-load script (``launch(js=…)``) that shows a toast's type in Chinese on a Chinese browser: Gradio
+    6.31's frontend writes the type itself ("Info", "Warning", …, capitalised) and ignores ``gr.Info(title=…)``.
+    The language is the browser's, as for the ``gr.I18n`` labels."""
+    import json
+
+    labels = {EN[k]: ZH[k] for k in ("toast_info", "toast_warning", "toast_error", "toast_success")}
+    return """() => {
+  if (!/^zh/i.test(navigator.language || "")) return;
+  const labels = %s;
+  const fix = () => document.querySelectorAll(".toast-title").forEach(el => {
+    for (const node of el.childNodes) {
+      const word = node.nodeType === 3 ? node.textContent.trim() : "";
+      if (labels[word]) node.textContent = node.textContent.replace(word, labels[word]);
+    }
+  });
+  new MutationObserver(fix).observe(document.body, {childList: true, subtree: true, characterData: true});
+}""" % json.dumps(labels, ensure_ascii=False)

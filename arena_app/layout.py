@@ -10,6 +10,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from rlhf_demo.arena import REASONS  # noqa: E402
+from rlhf_demo.leaderboard import CATEGORIES, UNCATEGORISED  # noqa: E402
 from rlhf_demo.registry import SFT  # noqa: E402
 
 # Layer three of "nothing from the text executes or loads": no images, media or plugins from other hosts.
@@ -27,6 +28,11 @@ footer { display: none !important; }
 DEFAULT_TEMPERATURE, DEFAULT_TOP_P, DEFAULT_REPETITION = 0.7, 0.9, 1.1
 UI_WINNERS = ("left", "right", "tie", "both_bad")
 RATING_COLUMNS = ["rank", "model", "rating", "95% CI", "length-controlled", "battles", "win rate"]
+
+
+def category_choices(i) -> list[tuple]:
+    """(label, value) of the prompt-category views: the pools' kinds, then typed prompts (no category)."""
+    return [*[(i("cat_" + c.replace("-", "_")), c) for c in CATEGORIES], (i("cat_uncategorised"), UNCATEGORISED)]
 
 
 def build_layout(app) -> gr.Blocks:
@@ -92,6 +98,8 @@ def build_layout(app) -> gr.Blocks:
             with gr.Tab(i("tab_leaderboard"), id="leaderboard") as lb_tab:
                 with gr.Row():
                     include_named = gr.Checkbox(False, label=i("include_named"))
+                    lb_category = gr.Dropdown([(i("cat_all"), "all"), *category_choices(i)], value="all",
+                                              label=i("prompt_category"), elem_id="lb-category")
                     lb_refresh = gr.Button(i("refresh"), scale=0)
                 lb_summary = gr.Markdown(elem_id="lb-summary")
                 gr.Markdown(f"#### {i('ratings')}")
@@ -149,9 +157,11 @@ def build_layout(app) -> gr.Blocks:
         for dd in (left_dd, right_dd):
             dd.input(app.new_round, [mode], reset_outputs, api_visibility="private", show_progress="hidden")
         lb_outputs = [lb_summary, lb_ratings, lb_rate, lb_counts]
-        lb_refresh.click(app.leaderboard, [include_named], lb_outputs, api_name="leaderboard")
-        lb_tab.select(app.leaderboard, [include_named], lb_outputs, api_visibility="private")
-        include_named.input(app.leaderboard, [include_named], lb_outputs, api_visibility="private")
+        lb_inputs = [include_named, lb_category]
+        lb_refresh.click(app.leaderboard, lb_inputs, lb_outputs, api_name="leaderboard")
+        lb_tab.select(app.leaderboard, lb_inputs, lb_outputs, api_visibility="private")
+        for control in (include_named, lb_category):
+            control.input(app.leaderboard, lb_inputs, lb_outputs, api_visibility="private")
         eval_refresh.click(app.evaluation, None, [eval_md, eval_gallery], api_name="evaluation")
         eval_tab.select(app.evaluation, None, [eval_md, eval_gallery], api_visibility="private")
         export_trl.click(app._export_fn("trl"), None, [export_file, export_msg], api_name="export_trl")

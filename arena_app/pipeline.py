@@ -1,6 +1,7 @@
 """The loop, once: `python -m arena_app.pipeline`.
 
     export new votes → update the reward model → PPO from the current policy → evaluate → gates → publish
+    (--algorithm dpo: export new votes → DPO from SFT on every pair → evaluate → gates → publish)
 
 1. **Export** the preference pairs of the votes and better answers cast since the last pipeline run
    (the cursor lives in ``<data dir>/pipeline/state.json``); fewer than ``--min-new-pairs`` stops here.
@@ -10,6 +11,8 @@
    to users; publishing one moves the export cursor, so its pairs are not trained on twice).
 3. **PPO-max** from the current newest policy (``sft`` when there is none) against that reward model,
    into ``<run dir>/ppo`` with ``publish=False``: its best checkpoint is only a *candidate*.
+   With ``--algorithm dpo`` stages 2–3 are one: **DPO** (``training.dpo``) from SFT on every arena pair plus
+   the seed pairs, into ``<run dir>/dpo``; its final adapter is the candidate, published as the next ``dpo-vN``.
 4. **Evaluate** the candidate next to the current policy, with SFT as the baseline (``eval.runner``).
 5. **Gates** (all configurable), on labelled *validation* prompts (role ``val``, :func:`build_gate_suite`;
    a reported suite — XSTest, the project's eval prompts, FastChat — is refused), each decided on evidence:
@@ -39,7 +42,7 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rlhf_demo.atomic import write_json
@@ -47,15 +50,18 @@ from rlhf_demo.config import Settings
 from rlhf_demo.jsonl import iter_jsonl
 from rlhf_demo.pipeline_state import (PipelineBusy, load_state, lock_held, new_feedback, new_run_dir,  # noqa: F401
                                       pipeline_dir, pipeline_lock, save_state)
-from rlhf_demo.registry import SFT, Registry, StagedRegistry, Version, check_name
+from rlhf_demo.registry import Registry, StagedRegistry, check_name
 from rlhf_demo.splits import LeakError
 from rlhf_demo.flags import parse_config
 from training.ppo_config import PPOConfig
 from training.reward_config import RewardConfig
+from training.dpo_config import DPOConfig
 from eval.config import EvalConfig
 
-from .pipeline_progress import STAGES, Progress, follow_metrics  # noqa: F401 - STAGES/Progress: API
+from .pipeline_progress import DPO_STAGES, STAGES, Progress, follow_metrics  # noqa: F401 - STAGES/Progress: API
 from .gates import Gate, build_gate_suite, check_gate_suites, check_gates  # noqa: F401 - build_gate_suite: API
+from .pipeline_stages import (candidate_card, current_policy, current_reward, dpo_candidate_card,  # noqa: F401 - API
+                              ppo_validation_keys, stage_dpo, stage_eval, stage_export, stage_ppo, stage_reward)
 
 EXIT_PUBLISHED, EXIT_ERROR, EXIT_NOT_PUBLISHED, EXIT_BUSY, EXIT_CANCELLED = 0, 1, 3, 75, 130
 
@@ -67,6 +73,8 @@ REWARD_FIXED = ("data", "reward_model", "run_dir", "seed", "threads", "resume", 
                 "lora_alpha")
 PPO_FIXED = ("reward_model", "init_policy", "name", "publish", "publish_dir", "run_dir", "seed", "threads", "resume",
              "checkpoint_every", "keep_checkpoints", "lora_alpha")
+DPO_FIXED = ("data", "run_dir", "seed", "threads", "resume", "save_steps", "progress", "publish", "name", "publish_dir",
+             "replace", "description", "lora_alpha")
 EVAL_FIXED = ("policies", "baseline", "limits", "out", "reuse_generations", "forbid_reported", "kl_max_new_tokens",
               "threads", "seed", "reward_model", "progress", "command")
 
@@ -79,6 +87,10 @@ def _ppo_defaults() -> PPOConfig:
     return PPOConfig(prompts=["seed", "arena"], iterations=20, publish=False, checkpoint_every=20, keep_checkpoints=1)
 
 
+def _dpo_defaults() -> DPOConfig:
+    return DPOConfig(save_steps=0, progress=False)
+
+
 def _eval_defaults() -> EvalConfig:
     return EvalConfig(batch_size=32, n_bootstrap=1000, progress=False)
 
@@ -89,7 +101,14 @@ class PipelineConfig:
     :class:`~training.reward_config.RewardConfig` (flags ``--reward-<field>``), ``ppo`` PPO's
     :class:`~training.ppo_config.PPOConfig` (``--ppo-<field>``), ``eval`` the evaluation's
     :class:`~eval.config.EvalConfig` (``--eval-<field>``); the fields the pipeline sets itself are listed in
-    ``REWARD_FIXED`` / ``PPO_FIXED`` / ``EVAL_FIXED`` (both LoRA alphas are 2 x the rank)."""
+    ``REWARD_FIXED`` / ``PPO_FIXED`` / ``EVAL_FIXED`` (both LoRA alphas are 2 x the rank); with ``--algorithm dpo``,
+    ``dpo`` is DPO's :class:`~training.dpo_config.DPOConfig` (``--dpo-<field>``, fixed: ``DPO_FIXED``)."""
+
+    algorithm: str = field(default="ppo", metadata={
+        "help": "how the candidate policy is trained: ppo (reward model, then PPO-max from the current policy; "
+                "published as rlhf-vN) or dpo (DPO from SFT on every arena pair + the seed pairs, no reward model; "
+                "published as dpo-vN). Both go through the same evaluation and gates",
+        "choices": ["ppo", "dpo"]})
 
     # ---------------------------------------------------------------- 1. export
     min_new_pairs: int = field(default=1, metadata={
@@ -106,6 +125,8 @@ class PipelineConfig:
     # ---------------------------------------------------------------- 3. PPO
     ppo: PPOConfig = field(default_factory=_ppo_defaults, metadata={
         "prefix": "ppo", "fixed": PPO_FIXED, "help": "stage 3, PPO-max (python -m training.ppo)"})
+    dpo: DPOConfig = field(default_factory=_dpo_defaults, metadata={
+        "prefix": "dpo", "fixed": DPO_FIXED, "help": "stage 3 with --algorithm dpo (python -m training.dpo)"})
     # ---------------------------------------------------------------- 4. evaluation
     eval: EvalConfig = field(default_factory=_eval_defaults, metadata={
         "prefix": "eval", "fixed": EVAL_FIXED,
@@ -132,7 +153,8 @@ class PipelineConfig:
                 "(publish only what is shown within the bounds) or publish (reject only what is shown worse)",
         "choices": ["reject", "publish"]})
     publish: bool = field(default=True, metadata={"help": "publish the candidate when every gate passes"})
-    name: str = field(default="", metadata={"help": "name to publish under (default: the next rlhf-vN)"})
+    name: str = field(default="", metadata={"help": "name to publish under (default: the next rlhf-vN, or dpo-vN "
+                                                    "with --algorithm dpo)"})
     # ---------------------------------------------------------------- run
     run_dir: str = field(default="", metadata={"help": "where this run writes (default: <data dir>/pipeline/runs/<time>)"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
@@ -151,140 +173,6 @@ def _now() -> str:
 
 
 # ================================================================================================
-# which versions are "current"
-# ================================================================================================
-def current_reward(registry: Registry, settings: Settings) -> Version | None:
-    """The reward model to continue from: never a judge (:meth:`Registry.current`)."""
-    return registry.current("reward", base_model=settings.base_model, role="reward")
-
-
-def current_policy(registry: Registry, settings: Settings) -> str:
-    version = registry.current("policy", base_model=settings.base_model)
-    return version.name if version else SFT
-
-
-def ppo_validation_keys(ppo_summary: dict, settings: Settings) -> frozenset[str]:
-    """Normalised texts of the prompts the PPO run validated on (its prompt pool is deterministic in its config)."""
-    from rlhf_demo.splits import normalize_text
-    from training import ppo
-
-    fields = {f for f in ppo.PPOConfig.__dataclass_fields__}
-    pcfg = ppo.PPOConfig(**{k: v for k, v in (ppo_summary.get("config") or {}).items() if k in fields})
-    _, val = ppo.prompt_pool(pcfg, settings)
-    return frozenset(normalize_text(m["content"]) for v in val for m in v.messages if m.get("role") == "user")
-
-
-# ================================================================================================
-# the stages
-# ================================================================================================
-def stage_export(cfg: PipelineConfig, settings: Settings, run_dir: Path, state: dict, progress: Progress):
-    from rlhf_demo.export import export_pairs
-    from rlhf_demo.store import Store
-
-    started = time.monotonic()
-    store = Store.from_settings(settings)
-    try:
-        result = export_pairs(store, "trl", run_dir / "new_pairs.jsonl", since_vote_id=state["last_vote_id"],
-                              since_better_id=state["last_better_id"])
-    finally:
-        store.close()
-    progress.stage("export", f"votes after #{state['last_vote_id']}, better answers after "
-                             f"#{state['last_better_id']}: {result.summary()}")
-    progress.done("export (votes and better answers read)", result.votes_used + result.better_used, "row", started)
-    return result
-
-
-def stage_reward(cfg: PipelineConfig, settings: Settings, run_dir: Path, exported, registry: Registry,
-                 progress: Progress) -> tuple[str, float | None]:
-    from training import reward_model as RM
-
-    parent = current_reward(registry, settings) if cfg.reward_continue else None
-    seed = "seed" if not cfg.seed_replay else f"seed:{cfg.seed_replay}"
-    if parent is not None:
-        data = [f"arena_new={exported.out}", seed]
-        how = f"continuing {parent.name} on {exported.written} new pairs + seed replay"
-    else:
-        data = ["arena", seed]
-        how = "training a new reward model on every arena pair + the seed pairs"
-    progress.stage("reward", how)
-    rcfg = replace(cfg.reward, data=data, reward_model=parent.name if parent else "", run_dir=str(run_dir / "reward"),
-                   lora_alpha=2 * cfg.reward.lora_r, seed=cfg.seed, threads=cfg.threads, resume=False, save_steps=0,
-                   logging_steps=1, progress=False, publish=True, name="", publish_dir="", replace=False,
-                   eval_only=False, role="reward", description=f"arena_app.pipeline run {run_dir.name}: {how}")
-
-    meter = progress.meter("reward model", None, "step")  # the rate counts from here (loading included)
-
-    def on_step(step, info):
-        meter.total = meter.total or info.get("total_steps")
-        meter.set(step)
-        if step == 1 or step % 10 == 0:
-            progress.line(f"  reward step {step}: loss {info['loss']:.4f}")
-
-    try:
-        result = RM.train(rcfg, settings, on_step=on_step,
-                          command=f"python -m arena_app.pipeline (run {run_dir.name})")
-    finally:
-        meter.close()
-    acc = result.metrics.get("validation", {}).get("all", {}).get("accuracy")
-    progress.line(f"  published {result.version.name} ({result.step} steps; held-out accuracy "
-                  f"{acc if acc is not None else 'n/a'})")
-    result.reward_model = None
-    return result.version.name, acc
-
-
-def stage_ppo(cfg: PipelineConfig, settings: Settings, run_dir: Path, init_policy: str, reward: str,
-              progress: Progress) -> dict:
-    from training import ppo
-
-    iterations = cfg.ppo.iterations
-    progress.stage("ppo", f"PPO-max from {init_policy} against {reward}: {iterations} iterations")
-    pcfg = replace(cfg.ppo, reward_model=reward, init_policy=init_policy, name="", publish=False, publish_dir="",
-                   run_dir=str(run_dir / "ppo"), seed=cfg.seed, threads=cfg.threads, resume=False,
-                   checkpoint_every=max(iterations, 1), keep_checkpoints=1, lora_alpha=2 * cfg.ppo.lora_r)
-    progress.update(ppo_iterations=iterations, ppo_dir=str(run_dir / "ppo"))
-    with follow_metrics(progress, run_dir / "ppo" / "metrics.jsonl", iterations, "PPO iterations"):
-        summary = ppo.train(pcfg, settings)
-    summary["config"] = asdict(pcfg)
-    progress.line(f"  best iteration {summary.get('best_step')} (validation score {summary.get('best_val_score')})"
-                  + (f"; stopped: {summary['stopped']}" if summary.get("stopped") else ""))
-    return summary
-
-
-def stage_eval(cfg: PipelineConfig, settings: Settings, run_dir: Path, registry: Registry, candidate: str,
-               current: str, reward: str, progress: Progress, ppo_val_keys: frozenset[str] = frozenset()) -> Path:
-    from eval.runner import run
-
-    policies = [p for p in dict.fromkeys([SFT, current, candidate])]
-    if cfg.eval.suites:
-        suites, limits = list(cfg.eval.suites), [str(cfg.eval_limit)] if cfg.eval_limit else None
-    else:  # the labelled validation prompts, never a reported suite, nor one of PPO's validation prompts
-        suites, limits = [str(build_gate_suite(run_dir / "gate_prompts.jsonl", cfg.eval_limit, cfg.seed,
-                                               ppo_val_keys))], None
-    progress.stage("eval", f"evaluating {candidate} (candidate) against {current} (current) and {SFT} on "
-                           f"{', '.join(suites)}")
-    judge = cfg.eval.judge
-    if judge == "reward" and not any(v.card.get("role") == "judge" for v in registry.list("reward")):
-        judge = "none"  # eval refuses a policy's own training reward model as its judge
-        progress.line(f"  helpfulness not judged: no dedicated judge (a reward version with role 'judge', judge-vN), "
-                      f"and {reward}, which the candidate was trained against, must not grade it")
-    ecfg = replace(cfg.eval, policies=policies, baseline=SFT, suites=suites, limits=limits, out=run_dir / "eval",
-                   reuse_generations=None, forbid_reported="pipeline gate prompts",
-                   kl_max_new_tokens=cfg.ppo.response_length, threads=cfg.threads or max(1, os.cpu_count() or 1),
-                   seed=cfg.seed, judge=judge, reward_model=reward, progress=False,
-                   command=f"python -m arena_app.pipeline (run {run_dir.name})")
-    import eval.runner as runner
-
-    previous = runner.BAR_FACTORY  # each of eval's loops (generating, scoring, judging, KL) reports into the log
-    runner.BAR_FACTORY = lambda total, desc: progress.meter(f"eval {desc}", total, "resp")
-    try:
-        out = run(ecfg, settings, registry=registry)
-    finally:
-        runner.BAR_FACTORY = previous
-    progress.line(f"  report: {out / 'report.md'}")
-    return out
-
-
-# ================================================================================================
 # the run
 # ================================================================================================
 def run_pipeline(cfg: PipelineConfig, settings: Settings, echo: bool = True) -> dict:
@@ -297,7 +185,7 @@ def run_pipeline(cfg: PipelineConfig, settings: Settings, echo: bool = True) -> 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps({"pipeline": asdict(cfg), "base_model": settings.base_model},
                                                         indent=2, default=str))
-        progress = Progress(run_dir, echo)
+        progress = Progress(run_dir, echo, stages=DPO_STAGES if cfg.algorithm == "dpo" else STAGES)
         (pipeline_dir(settings) / "current.json").write_text(json.dumps(
             {"pid": os.getpid(), "pgid": os.getpgid(0), "run_dir": str(run_dir), "started": _now()}))
         summary: dict = {"run_dir": str(run_dir), "started": progress.status["started"], "published": None}
@@ -346,14 +234,14 @@ def _run(cfg: PipelineConfig, settings: Settings, run_dir: Path, progress: Progr
                                                        f"(--min-new-pairs {cfg.min_new_pairs}); nothing was trained")
         progress.line(summary["reason"])
         return
+    if cfg.algorithm == "dpo":
+        _run_dpo(cfg, settings, run_dir, progress, summary, registry, exported)
+        return
 
     # 2. reward model ---------------------------------------------------------------------------
     reward, acc = stage_reward(cfg, settings, run_dir, exported, registry, progress)
     summary["reward_model"] = {"name": reward, "validation_accuracy": acc}
-    state = load_state(settings)  # the new reward model has learnt these votes: move the cursor
-    state["last_vote_id"] = max(state["last_vote_id"], exported.last_vote_id)
-    state["last_better_id"] = max(state["last_better_id"], exported.last_better_id)
-    save_state(settings, state)
+    _move_cursor(settings, exported)  # the new reward model has learnt these votes
     gc.collect()
 
     # 3. PPO --------------------------------------------------------------------------------------
@@ -371,12 +259,47 @@ def _run(cfg: PipelineConfig, settings: Settings, run_dir: Path, progress: Progr
         progress.stage("gates", gate.line())
         return
 
-    # 4. evaluation -------------------------------------------------------------------------------
+    # 4. evaluation, 5. gates, 6. publish ---------------------------------------------------------
     candidate = cfg.name or registry.next_name("policy")
     card = candidate_card(cfg, settings, current, reward, ppo_summary, run_dir)
+    _judge_and_publish(cfg, settings, run_dir, progress, summary, registry, candidate, best, card, current, reward,
+                       ppo_validation_keys(ppo_summary, settings) if not cfg.eval.suites else None)
+
+
+def _move_cursor(settings: Settings, exported) -> None:
+    """The feedback up to the exported ids has been learnt: the next run's export starts after it."""
+    state = load_state(settings)
+    state["last_vote_id"] = max(state["last_vote_id"], exported.last_vote_id)
+    state["last_better_id"] = max(state["last_better_id"], exported.last_better_id)
+    save_state(settings, state)
+
+
+def _run_dpo(cfg: PipelineConfig, settings: Settings, run_dir: Path, progress: Progress, summary: dict,
+             registry: Registry, exported) -> None:
+    # 2. DPO from SFT on every pair (no reward model) ---------------------------------------------
+    current = current_policy(registry, settings)
+    summary["current_policy"] = current
+    dpo_summary = stage_dpo(cfg, settings, run_dir, exported, progress)
+    _move_cursor(settings, exported)
+    summary["dpo"] = {k: dpo_summary.get(k) for k in ("run_dir", "steps", "model_dir")}
+    summary["dpo"]["validation"] = dpo_summary.get("metrics", {}).get("validation")
+    gc.collect()
+    best = Path(dpo_summary["model_dir"])
+    # 3. evaluation, 4. gates, 5. publish ---------------------------------------------------------
+    candidate = cfg.name or registry.next_name("policy", prefix="dpo")
+    card = dpo_candidate_card(cfg, settings, current, dpo_summary, run_dir)
+    _judge_and_publish(cfg, settings, run_dir, progress, summary, registry, candidate, best, card, current, "",
+                       frozenset() if not cfg.eval.suites else None)
+
+
+def _judge_and_publish(cfg: PipelineConfig, settings: Settings, run_dir: Path, progress: Progress, summary: dict,
+                       registry: Registry, candidate: str, best: Path, card: dict, current: str, reward: str,
+                       val_keys: frozenset[str] | None) -> None:
+    """Evaluate the candidate (staged, not yet served) next to the current policy and SFT, check the gates, and
+    publish it atomically when every gate passes."""
     staged = StagedRegistry(registry, candidate, best, card)
     report_dir = stage_eval(cfg, settings, run_dir, staged, candidate, current, reward, progress,
-                            **({"ppo_val_keys": ppo_validation_keys(ppo_summary, settings)} if not cfg.eval.suites else {}))
+                            **({"ppo_val_keys": val_keys} if val_keys is not None else {}))
     summary["report"] = str(report_dir / "report.md")
     report = json.loads((report_dir / "report.json").read_text())
     gens_path = report_dir / "generations.jsonl"
@@ -405,21 +328,10 @@ def _run(cfg: PipelineConfig, settings: Settings, run_dir: Path, progress: Progr
     except Exception:  # noqa: BLE001 - the name was taken meanwhile: take the next free one
         if cfg.name:
             raise
-        version = registry.publish(best, card)
+        version = registry.publish(best, card, name=registry.next_name("policy", prefix=candidate.rsplit("-v", 1)[0]))
     summary.update(outcome="published", published=version.name, reason="every gate passed")
     progress.stage("publish", f"published {version.name} at {version.path}; the arena offers it at its next round")
     progress.done("publish", 1, "version", started)
-
-
-def candidate_card(cfg, settings, current, reward, ppo_summary, run_dir) -> dict:
-    rv = next((v for v in Registry(settings.versions_dir).list("reward") if v.name == reward), None)
-    return {"kind": "policy", "parent": current, "base_model": settings.base_model, "reward_model": reward,
-            "reward_model_sha256": rv.card.get("files", {}).get("adapter_model.safetensors") if rv else None,
-            "trainer": "arena_app.pipeline → training.ppo (PPO-max)", "config": ppo_summary.get("config"),
-            "pipeline_run": str(run_dir), "best_step": ppo_summary.get("best_step"),
-            "metrics": {"best_val_score": ppo_summary.get("best_val_score")}, "stopped": ppo_summary.get("stopped"),
-            "command": "python -m arena_app.pipeline " + " ".join(sys.argv[1:]) if "pipeline" in (sys.argv[0] or "")
-            else None}
 
 
 def format_summary(summary: dict) -> str:
@@ -432,6 +344,9 @@ def format_summary(summary: dict) -> str:
     if summary.get("reward_model"):
         rm = summary["reward_model"]
         out.append(f"  reward model: {rm['name']} (held-out accuracy {rm['validation_accuracy']})")
+    if summary.get("dpo"):
+        d, v = summary["dpo"], summary["dpo"].get("validation") or {}
+        out.append(f"  DPO from sft: {d['steps']} steps; held-out implicit-reward accuracy {v.get('eval/accuracy', 'n/a')}")
     if summary.get("ppo"):
         p = summary["ppo"]
         out.append(f"  PPO from {summary.get('current_policy')}: best iteration {p['best_step']} of "

@@ -14,15 +14,16 @@ from rlhf_demo.atomic import write_json
 from rlhf_demo.progress import ProgressMeter, format_progress
 
 STAGES = ("export", "reward", "ppo", "eval", "gates", "publish")
+DPO_STAGES = ("export", "dpo", "eval", "gates", "publish")  # --algorithm dpo: no reward model, DPO from SFT
 
 
 class Progress:
     """Progress lines in ``pipeline.log`` (and stdout), the run's state in ``status.json``."""
 
-    def __init__(self, run_dir: Path, echo: bool = True):
-        self.run_dir, self.echo = run_dir, echo
+    def __init__(self, run_dir: Path, echo: bool = True, stages: tuple[str, ...] = STAGES):
+        self.run_dir, self.echo, self.stages = run_dir, echo, tuple(stages)
         self.log_path, self.status_path = run_dir / "pipeline.log", run_dir / "status.json"
-        self.status: dict = {"state": "running", "stage": None, "stage_index": 0, "stages": list(STAGES),
+        self.status: dict = {"state": "running", "stage": None, "stage_index": 0, "stages": list(self.stages),
                              "pid": os.getpid(), "started": _now(), "run_dir": str(run_dir)}
         self._write_status()
 
@@ -34,9 +35,10 @@ class Progress:
             print(f"[pipeline] {msg}", flush=True)
 
     def stage(self, name: str, msg: str) -> None:
-        self.status.update(stage=name, stage_index=STAGES.index(name) + 1)
+        i = self.stages.index(name) + 1
+        self.status.update(stage=name, stage_index=i)
         self._write_status()
-        self.line(f"[{STAGES.index(name) + 1}/{len(STAGES)} {name}] {msg}")
+        self.line(f"[{i}/{len(self.stages)} {name}] {msg}")
 
     def update(self, **kw) -> None:
         self.status.update(kw)

@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from arena_app.i18n import request_language, t
-from arena_app.layout import RATING_COLUMNS, UI_WINNERS
+from arena_app.layout import RATING_COLUMNS, UI_WINNERS, category_choices
 from rlhf_demo.arena import REASONS
 from rlhf_demo.review import STATUSES, filter_votes, review_rows
 from rlhf_demo.store import StoreError, VoidRefused
@@ -85,7 +85,7 @@ def _error(text: str, lang: str = "en") -> gr.Error:
     return gr.Error(html.escape(text), title=t("title", lang), print_exception=False)
 
 
-def review(app, version, winner, reason, user, since, until, status, flagged, request: gr.Request):
+def review(app, version, winner, reason, user, since, until, status, flagged, category=None, *, request: gr.Request):
     """(summary, table) of the votes matching the filters. Admins only."""
     from rlhf_demo.agreement import agreement_report
 
@@ -102,7 +102,7 @@ def review(app, version, winner, reason, user, since, until, status, flagged, re
     try:
         chosen = filter_votes(votes, version=version or None, winner=winner or None, reason=reason or None,
                               user=(user or "").strip() or None, since=since, until=until, status=status or "all",
-                              flagged_users=outliers, flagged_only=bool(flagged))
+                              flagged_users=outliers, flagged_only=bool(flagged), category=category or None)
     except ValueError as exc:
         raise _error(t("review_bad_filter", lang, why=str(exc)), lang) from None
     rows = review_rows(chosen, voids)[:MAX_ROWS]
@@ -183,6 +183,8 @@ def build_review_tab(app, i):
             until = gr.Textbox(label=i("review_until"), placeholder="2026-11-30", elem_id="review-until")
             status = gr.Radio([(i(f"status_{s}"), s) for s in STATUSES], value="all", label=i("review_status"),
                               elem_id="review-status")
+            category = gr.Dropdown([(i("any"), ""), *category_choices(i)], value="", label=i("prompt_category"),
+                                   elem_id="review-category")
             flagged = gr.Checkbox(False, label=i("review_flagged"), elem_id="review-flagged")
         show = gr.Button(i("review_show"), elem_id="review-show")
         summary = gr.Markdown(elem_id="review-summary")
@@ -196,15 +198,15 @@ def build_review_tab(app, i):
             agree_btn = gr.Button(i("agreement_show"), elem_id="agreement-show")
             agree_md = gr.Markdown(elem_id="agreement-summary")
             agree_table = gr.Dataframe(interactive=False, elem_id="agreement-table")
-    filters = [version, winner, reason, user, since, until, status, flagged]
+    filters = [version, winner, reason, user, since, until, status, flagged, category]
 
-    def review_fn(version, winner, reason, user, since, until, status, flagged, request: gr.Request):
-        return review(app, version, winner, reason, user, since, until, status, flagged, request=request)
+    def review_fn(version, winner, reason, user, since, until, status, flagged, category, request: gr.Request):
+        return review(app, version, winner, reason, user, since, until, status, flagged, category, request=request)
 
-    def void_fn(vote_id, reason_text, version, winner, reason, user, since, until, status, flagged,
+    def void_fn(vote_id, reason_text, version, winner, reason, user, since, until, status, flagged, category,
                 request: gr.Request):
         return void(app, vote_id, reason_text, version, winner, reason, user, since, until, status, flagged,
-                    request=request)
+                    category, request=request)
     review_fn.__name__, void_fn.__name__ = "review", "void_vote"
     show.click(review_fn, filters, [summary, table], api_name="review")
     tab.select(review_fn, filters, [summary, table], api_visibility="private")

@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-from arena_app.i18n import gradio_i18n, request_language, t  # noqa: E402
+from arena_app.i18n import gradio_i18n, request_language, t, toast_js  # noqa: E402
 from arena_app.layout import (CSS, DEFAULT_REPETITION, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, HEAD,  # noqa: E402
                               UI_WINNERS, build_layout)
 from rlhf_demo import __version__  # noqa: E402
@@ -32,7 +32,7 @@ from rlhf_demo.arena import (ArenaError, Limits, RateLimiter, Round, blind_swap,
 from rlhf_demo.generation import GenerationError, GenerationParams, PolicyServer, Request  # noqa: E402
 from rlhf_demo.pairing import Boost, choose_pair  # noqa: E402
 from arena_app.suggestions import SuggestionsMixin  # noqa: E402
-from rlhf_demo.leaderboard import MIN_BATTLES, compute as compute_leaderboard  # noqa: E402
+from rlhf_demo.leaderboard import MIN_BATTLES, compute as compute_leaderboard, in_category  # noqa: E402
 from arena_app.review import leaderboard_outputs  # noqa: E402
 from rlhf_demo.registry import SFT, Registry  # noqa: E402
 from rlhf_demo.store import (AlreadyVoted, BetterAnswerRecord, ConversationRecord, Store, StoreError, TurnRecord,  # noqa: E402
@@ -394,11 +394,11 @@ class ArenaApp(SuggestionsMixin):
         return (*self._view(rnd, lang, message=""), gr.update(value=[]), gr.update(value=""), gr.update(value=""),
                 gr.update(visible=mode == "named"), gr.update(choices=names), gr.update(choices=names))
 
-    def leaderboard(self, include_named: bool, request: gr.Request):
+    def leaderboard(self, include_named: bool, category: str | None, request: gr.Request):
         lang = request_language(request)
         try:
             self._identity(request)
-            votes = self.store.votes(blind_only=not include_named)
+            votes = in_category(self.store.votes(blind_only=not include_named), category)  # "all": every vote
         except (ArenaError, StoreError) as exc:
             raise self._fail(exc, lang) from None
         board = compute_leaderboard(votes, blind_only=not include_named, rounds=self.bootstrap_rounds,
@@ -474,8 +474,8 @@ class ArenaApp(SuggestionsMixin):
         # the system's fonts: an offline app fetches nothing from font CDNs
         theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                   font_mono=["ui-monospace", "Consolas", "monospace"])
-        return dict(auth=self.users, i18n=self.i18n, css=CSS, head=HEAD, allowed_paths=[str(eval_dir)], theme=theme,
-                    footer_links=[], auth_message="RLHF Arena — please log in.")
+        return dict(auth=self.users, i18n=self.i18n, css=CSS, head=HEAD, js=toast_js(), allowed_paths=[str(eval_dir)],
+                    theme=theme, footer_links=[], auth_message="RLHF Arena — please log in.")
 
     def launch(self, **kwargs):
         self.demo.queue(default_concurrency_limit=self.concurrency)

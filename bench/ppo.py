@@ -228,6 +228,7 @@ def worker_ours(spec: dict, out: Path) -> dict:
     import torch
 
     from rlhf_demo.config import Settings
+    from rlhf_demo.metrics_log import read_metrics
     from training import actor_critic, ppo
 
     torch.set_num_threads(spec["threads"])
@@ -277,7 +278,7 @@ def worker_ours(spec: dict, out: Path) -> dict:
     # cfg.iterations is one more than this: the run stops (as after a crash) once `total` iterations are logged,
     # before the end-of-run validation, checkpoint and plots, none of which TRL does here either
     ppo.train(cfg, settings, stop_after=total)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     times = [r["time/iteration_s"] for r in rows if "time/iteration_s" in r]
     if len(times) != total:
         raise RuntimeError(f"expected {total} iterations in metrics.jsonl, found {len(times)}")

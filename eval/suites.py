@@ -33,7 +33,6 @@ does not exist is an error.
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import io
 import json
@@ -42,7 +41,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf_demo.jsonl import jsonl_rows
+from rlhf_demo.jsonl import decode_line, jsonl_rows, read_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RLHF_ARENA_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -124,19 +123,11 @@ def normalize_category(value, where: str) -> str:
 
 def _read_text(path: Path) -> str:
     """The file's text; a NUL byte or invalid UTF-8 is an error naming ``file:line``."""
-    try:
-        raw = path.read_bytes()
-        if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise SuiteError(f"{path}: cannot read ({exc})") from exc
+    raw = read_bytes(path, SuiteError)
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
-        if b"\x00" in line or b"\\u0000" in line:
-            raise SuiteError(f"{path}:{lineno}: NUL byte")
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise SuiteError(f"{path}:{lineno}: invalid UTF-8 at byte {exc.start + 1}") from None
+        if b"\\u0000" in line:  # an escaped NUL in a JSON/CSV row: refused as well
+            raise SuiteError(f"{path}:{lineno}: NUL byte (escaped \\u0000)")
+        decode_line(line, f"{path}:{lineno}", SuiteError)
     return raw.decode("utf-8")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from .cli import add_sampling_args, make_parser, sampling_params, setup_logging
 from .config import settings_from_args
 from .generation import GenerationError, PolicyServer, Request
+from .jsonl import iter_jsonl, text_lines
 from .registry import RegistryError
 
 
@@ -21,36 +22,27 @@ class PromptFileError(ValueError):
     pass
 
 
+#: This CLI's long-standing wording for bad lines (the checks are rlhf_demo.jsonl's, shared by every reader).
+PROMPT_FILE_WORDING = {"nul": "contains a NUL byte (column {column})",
+                       "utf8": "not valid UTF-8 (byte {byte} of the line)",
+                       "json": "invalid JSON ({reason} at column {column})"}
+
+
 def read_prompts(path: Path) -> list[list[dict]]:
     """Conversations (lists of messages) from a .txt or .jsonl file; errors name file:line."""
     out = []
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PromptFileError(f"{path}: {exc.strerror}") from exc
-    for n, line_bytes in enumerate(raw.splitlines(), 1):
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PromptFileError(f"{path}:{n}: not valid UTF-8") from None
-        if "\x00" in line:
-            raise PromptFileError(f"{path}:{n}: contains a NUL byte")
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PromptFileError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-            prompt = row.get("prompt") if isinstance(row, dict) else None
+    if path.suffix == ".jsonl":
+        for where, row in iter_jsonl(path, PromptFileError, wording=PROMPT_FILE_WORDING):
+            prompt = row.get("prompt")
             if isinstance(prompt, str) and prompt.strip():
                 out.append([{"role": "user", "content": prompt}])
             elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "content" in m for m in prompt):
                 out.append(prompt)
             else:
-                raise PromptFileError(f"{path}:{n}: needs a non-empty 'prompt' (string or list of messages)")
-        else:
-            out.append([{"role": "user", "content": line.strip()}])
+                raise PromptFileError(f"{where}: needs a non-empty 'prompt' (string or list of messages)")
+    else:
+        out = [[{"role": "user", "content": text}]
+               for _, _, text in text_lines(path, PromptFileError, wording=PROMPT_FILE_WORDING)]
     if not out:
         raise PromptFileError(f"{path}: no prompts")
     return out

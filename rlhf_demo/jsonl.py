@@ -13,7 +13,10 @@ Text fields are checked with :func:`text_field`: ``field 'name' must be text, go
 
 Callers keep their own exception type: pass it as ``error`` (any class that takes one message, e.g.
 ``training.data.DataError``, ``rlhf_demo.external.ExternalDataError``, ``eval.suites.SuiteError``).
-``.gz`` files are read decompressed.
+A caller whose users already know other wording for the same four faults may pass ``wording`` (a
+partial override of :data:`WORDING`; the ``file:line`` prefix and the checks stay the same) — the
+generate CLI does. ``.gz`` files are read decompressed. :func:`text_lines` applies the same per-line
+checks (NUL, UTF-8) to plain-text files with one item a line (``.txt`` prompt files).
 
 This module is core: it imports nothing from ``training`` or ``eval``.
 """
@@ -26,6 +29,23 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 NUL = b"\x00"
+
+#: The messages for the four line faults (``str.format`` fields: column, byte, reason, type).
+WORDING = {
+    "nul": "NUL byte at column {column}",
+    "utf8": "invalid UTF-8 at byte {byte} of the line",
+    "json": "bad JSON ({reason} at column {column})",
+    "not_object": "a row must be a JSON object, got {type}",
+}
+
+
+def _words(wording: dict | None) -> dict:
+    if not wording:
+        return WORDING
+    unknown = set(wording) - set(WORDING)
+    if unknown:
+        raise ValueError(f"unknown wording keys {sorted(unknown)}; use {sorted(WORDING)}")
+    return {**WORDING, **wording}
 
 
 class JsonlError(ValueError):
@@ -44,35 +64,45 @@ def read_bytes(path: Path | str, error: type[Exception] = JsonlError) -> bytes:
         raise error(f"{path}: cannot read ({exc})") from exc
 
 
-def parse_line(line: bytes, where: str, error: type[Exception] = JsonlError) -> dict | None:
-    """One JSONL line → its object; None for a blank line; a bad line raises ``error("where: …")``."""
+def decode_line(line: bytes, where: str, error: type[Exception] = JsonlError, wording: dict | None = None) -> str:
+    """One line's text; a raw NUL byte or invalid UTF-8 raises ``error("where: …")``."""
+    words = _words(wording)
     if NUL in line:
-        raise error(f"{where}: NUL byte at column {line.index(NUL) + 1}")
+        raise error(f"{where}: " + words["nul"].format(column=line.index(NUL) + 1))
     try:
-        text = line.decode("utf-8")
+        return line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{where}: invalid UTF-8 at byte {exc.start + 1} of the line") from exc
+        raise error(f"{where}: " + words["utf8"].format(byte=exc.start + 1)) from exc
+
+
+def parse_line(line: bytes, where: str, error: type[Exception] = JsonlError,
+               wording: dict | None = None) -> dict | None:
+    """One JSONL line → its object; None for a blank line; a bad line raises ``error("where: …")``."""
+    words = _words(wording)
+    text = decode_line(line, where, error, words)
     if not text.strip():
         return None
     try:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise error(f"{where}: bad JSON ({exc.msg} at column {exc.colno})") from exc
+        raise error(f"{where}: " + words["json"].format(reason=exc.msg, column=exc.colno)) from exc
     if not isinstance(row, dict):
-        raise error(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+        raise error(f"{where}: " + words["not_object"].format(type=type(row).__name__))
     return row
 
 
 def jsonl_rows(raw: bytes, path: Path | str, error: type[Exception] = JsonlError,
-               on_error: Callable[[Exception], None] | None = None) -> Iterator[tuple[int, str, dict]]:
+               on_error: Callable[[Exception], None] | None = None,
+               wording: dict | None = None) -> Iterator[tuple[int, str, dict]]:
     """``(line number, "file:line", row)`` for every non-blank line of ``raw`` (the bytes of ``path``).
 
     A bad line raises ``error`` naming ``file:line`` — or, with ``on_error``, is handed to it and skipped.
     """
+    words = _words(wording)
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
         where = f"{path}:{lineno}"
         try:
-            row = parse_line(line, where, error)
+            row = parse_line(line, where, error, words)
         except error as exc:
             if on_error is None:
                 raise
@@ -83,11 +113,23 @@ def jsonl_rows(raw: bytes, path: Path | str, error: type[Exception] = JsonlError
 
 
 def iter_jsonl(path: Path | str, error: type[Exception] = JsonlError,
-               on_error: Callable[[Exception], None] | None = None) -> Iterator[tuple[str, dict]]:
+               on_error: Callable[[Exception], None] | None = None,
+               wording: dict | None = None) -> Iterator[tuple[str, dict]]:
     """``("file:line", row)`` for every non-blank line of the file at ``path`` (``.gz`` allowed); see
     :func:`jsonl_rows`. The file is read when iteration starts."""
-    for _, where, row in jsonl_rows(read_bytes(path, error), path, error, on_error):
+    for _, where, row in jsonl_rows(read_bytes(path, error), path, error, on_error, wording):
         yield where, row
+
+
+def text_lines(path: Path | str, error: type[Exception] = JsonlError,
+               wording: dict | None = None) -> Iterator[tuple[int, str, str]]:
+    """``(line number, "file:line", stripped text)`` for every non-blank line of a plain-text file (one item a
+    line, ``.gz`` allowed); a NUL byte or invalid UTF-8 raises ``error`` naming ``file:line``, as for JSONL."""
+    for lineno, line in enumerate(read_bytes(path, error).split(b"\n"), start=1):
+        where = f"{path}:{lineno}"
+        text = decode_line(line, where, error, wording).strip()
+        if text:
+            yield lineno, where, text
 
 
 def text_field(value, where: str, name: str, error: type[Exception] = JsonlError, allow_empty: bool = False) -> str:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .arena import outcome
+from .prompt_pool import CATEGORIES as POOL_CATEGORIES
 from .registry import SFT
 
 SCALE = 400.0
@@ -308,16 +309,37 @@ def compute(votes: list[dict], blind_only: bool = True, rounds: int = 200, seed:
     return board
 
 
-CATEGORIES = ("harmful", "risky_safe", "ordinary")  # the prompt pools' kinds; anything else is shown as is
+CATEGORIES = POOL_CATEGORIES  # the prompt pools' kinds, spelt as the pools and the stored votes spell them
+UNCATEGORISED = "uncategorised"  # a typed prompt: no pool, no category (no classifier labels typed prompts yet)
+
+
+def vote_category(vote: dict) -> str | None:
+    """A vote's prompt category: its own ``category`` field when it has one, else the pool category of its
+    conversation's first prompt (the store's ``prompts`` list, ``{"turn", "source", "category", …}`` per turn:
+    set for example and suggested prompts); None for a typed first prompt."""
+    if vote.get("category"):
+        return vote["category"]
+    prompts = [p for p in vote.get("prompts") or () if isinstance(p, dict)]
+    if not prompts:
+        return None
+    return min(prompts, key=lambda p: p.get("turn") or 0).get("category") or None
+
+
+def in_category(votes: list[dict], category: str | None) -> list[dict]:
+    """The votes of one prompt category (:func:`vote_category`; ``"uncategorised"``: a typed first prompt); every
+    vote for an empty category or ``"all"``. The Leaderboard tab's and the Data review tab's category view."""
+    if not category or category == "all":
+        return list(votes)
+    return [v for v in votes if (vote_category(v) or UNCATEGORISED) == category]
 
 
 def compute_by_category(votes: list[dict], category_of=None, **kwargs) -> dict[str, Leaderboard]:
-    """One :func:`compute` per prompt category. ``category_of(vote)`` names a vote's category (default: the
-    vote's ``category`` field); votes without one go to ``"uncategorised"``. Known categories come first."""
-    category_of = category_of or (lambda v: v.get("category"))
+    """One :func:`compute` per prompt category. ``category_of(vote)`` names a vote's category (default:
+    :func:`vote_category`); votes without one go to ``"uncategorised"``. Known categories come first."""
+    category_of = category_of or vote_category
     groups: dict[str, list[dict]] = {}
     for v in votes:
-        groups.setdefault(category_of(v) or "uncategorised", []).append(v)
+        groups.setdefault(category_of(v) or UNCATEGORISED, []).append(v)
     order = sorted(groups, key=lambda c: (CATEGORIES.index(c) if c in CATEGORIES else len(CATEGORIES), c))
     return {c: compute(groups[c], **kwargs) for c in order}
 

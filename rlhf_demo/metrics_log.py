@@ -16,25 +16,19 @@ import time
 from pathlib import Path
 
 from .atomic import write_text
+from .jsonl import JsonlError, jsonl_rows, read_bytes
 
 log = logging.getLogger(__name__)
 
 
 def read_metrics(path: Path | str) -> list[dict]:
     """The rows of a ``metrics.jsonl``; a missing file is ``[]``, a torn or non-object line is skipped."""
-    rows = []
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a row being written, or the torn last line of a killed run
-                if isinstance(row, dict):
-                    rows.append(row)
-    except OSError:
-        pass
-    return rows
+        raw = read_bytes(path)
+    except JsonlError:
+        return []
+    # the shared reader, told to skip bad lines: a row being written, or the torn last line of a killed run
+    return [row for _, _, row in jsonl_rows(raw, path, on_error=lambda exc: None)]
 
 
 class MetricsLog:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as _dt
 
+from .leaderboard import UNCATEGORISED, vote_category
+
 STATUSES = ("all", "active", "voided")
 
 
@@ -32,8 +34,8 @@ def filter_votes(votes: list[dict], version: str | None = None, winner: str | No
     """The votes matching every filter given (empty/None filters match everything).
 
     ``winner``: ``left``/``right``/``tie``/``both_bad`` (as displayed) or a version name (that version won).
-    ``since``/``until``: days, inclusive. ``status``: all, active or voided. ``category``: the vote's
-    ``category`` field (prompt kind), when the store records one."""
+    ``since``/``until``: days, inclusive. ``status``: all, active or voided. ``category``: the prompt kind
+    (:func:`rlhf_demo.leaderboard.vote_category`: a pool prompt's category; ``uncategorised`` for a typed one)."""
     status = status or "all"
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
@@ -59,7 +61,7 @@ def filter_votes(votes: list[dict], version: str | None = None, winner: str | No
             continue
         if flagged_only and v.get("user") not in flagged:
             continue
-        if category and v.get("category") != category:
+        if category and (vote_category(v) or UNCATEGORISED) != category:
             continue
         out.append(v)
     return out

@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from rlhf_demo.jsonl import jsonl_rows, read_bytes  # noqa: E402
 from rlhf_demo.splits import data_file, normalize_text, reported_prompt_keys, role_of  # noqa: E402
 
 KINDS = ("harmful", "risky-safe", "ordinary")
@@ -99,14 +100,8 @@ def _csv_rows(path: Path):
 
 
 def _jsonl_rows(path: Path):
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SystemExit(f"error: {path}:{lineno}: not JSON ({exc})") from None
+    for lineno, _, row in jsonl_rows(read_bytes(path, SystemExit), path, SystemExit):
+        yield lineno, row
 
 
 def _nested_strings(node):

@@ -12,21 +12,20 @@ what a perfect copy of a human reader would score. It reads the frozen labels to
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rlhf_demo.jsonl import iter_jsonl  # noqa: E402
 from rlhf_demo.stats import cohen_kappa, proportion  # noqa: E402
 
 SETS = {"test": ROOT / "eval/fixtures/refusal_test.jsonl", "dev": ROOT / "eval/fixtures/refusal_dev.jsonl"}
 
 
 def labels(path: Path) -> dict[str, bool]:
-    with open(path, encoding="utf-8") as fh:
-        return {r["id"]: bool(r["refusal"]) for r in map(json.loads, filter(str.strip, fh))}
+    return {r["id"]: bool(r["refusal"]) for _, r in iter_jsonl(path, SystemExit)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rlhf_demo.jsonl import iter_jsonl  # noqa: E402
 from rlhf_demo.refusal import probe as rp  # noqa: E402
 from eval.detect import score_predictions  # noqa: E402
 from rlhf_demo.refusal.detector import judge_refusal  # noqa: E402
@@ -73,10 +74,7 @@ def sha256(path: Path) -> str:
 def seed_rows(folder: Path) -> list[dict]:
     rows = []
     for name, chosen_refuses in (("harmless", True), ("sensitive", False)):
-        for line in (folder / f"{name}.jsonl").read_text().splitlines():
-            if not line.strip():
-                continue
-            r = json.loads(line)
+        for _, r in iter_jsonl(folder / f"{name}.jsonl", SystemExit):
             prompt = r["prompt"][-1]["content"]
             rows.append({"prompt": prompt, "response": r["chosen"][-1]["content"], "refusal": chosen_refuses})
             rows.append({"prompt": prompt, "response": r["rejected"][-1]["content"], "refusal": not chosen_refuses})
@@ -109,10 +107,10 @@ def main(argv=None) -> int:
     cfg = parse(argv)
     import torch
     torch.set_num_threads(cfg.threads)
-    dev = [json.loads(x) for x in cfg.dev.read_text().splitlines() if x.strip()]
+    dev = [r for _, r in iter_jsonl(cfg.dev, SystemExit)]
     tune = [r for r in dev if r["split"] == "tune"]
     hold = [r for r in dev if r["split"] == "holdout"]
-    fixture = [json.loads(x) for x in cfg.fixture.read_text().splitlines() if x.strip()]
+    fixture = [r for _, r in iter_jsonl(cfg.fixture, SystemExit)]
     seeds = seed_rows(cfg.seed_pairs)
     cache: dict = {}
     if cfg.cache and cfg.cache.is_file():

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eval.detect import score_predictions  # noqa: E402
+from rlhf_demo.jsonl import iter_jsonl  # noqa: E402
 from rlhf_demo.probes import MAX_PROMPT_TOKENS, MAX_RESPONSE_TOKENS, fit_logistic, layer_states  # noqa: E402
 from rlhf_demo.refusal import probe_v2 as rp2  # noqa: E402
 from rlhf_demo.refusal.detector import judge_refusals, rules_decline  # noqa: E402
@@ -77,15 +78,9 @@ def parse(argv=None) -> TrainConfig:
 
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"{path}:{i}: bad JSON ({e})")
+    for where, row in iter_jsonl(path, SystemExit):
         if not isinstance(row.get("response"), str) or not isinstance(row.get("refusal"), bool):
-            raise SystemExit(f"{path}:{i}: needs a string 'response' and a boolean 'refusal'")
+            raise SystemExit(f"{where}: needs a string 'response' and a boolean 'refusal'")
         rows.append(row)
     return rows
 

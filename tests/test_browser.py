@@ -160,6 +160,24 @@ def test_login_required_and_training_tab_only_for_admins(browser, world, tmp_pat
             # the tab's visibility follows the login on page load: wait for it (slow under load)
             expect(page.get_by_role("tab", name="Training")).to_have_count(1 if admin else 0, timeout=20000)
             expect(page.get_by_role("tab", name="Data review")).to_have_count(1 if admin else 0, timeout=20000)
+            if admin:  # a logged-in admin voids bob's vote: the void record names the admin, the vote stays
+                from rlhf_demo.store import ConversationRecord, VoteRecord
+
+                conv = ConversationRecord(id="bob-1", left_policy="sft", right_policy="rlhf-v0", swapped=False,
+                                          blind=True, user="bob")
+                side = [{"role": "user", "content": "bob's question"}, {"role": "assistant", "content": "an answer"}]
+                vid = app.store.record_vote(conv, VoteRecord(conversation_id="bob-1", turn=1, left_policy="sft",
+                                                             right_policy="rlhf-v0", winner="left", user="bob",
+                                                             left_messages=side, right_messages=side))
+                page.get_by_role("tab", name="Data review").click(timeout=30000)
+                page.click("#review-show")
+                expect(page.locator("#review-table")).to_contain_text("bob's question", timeout=30000)
+                page.fill("#void-id textarea, #void-id input", str(vid))
+                page.fill("#void-reason textarea, #void-reason input", "a test vote")
+                page.click("#void-submit")
+                expect(page.locator("#void-msg")).to_contain_text(f"Vote {vid} voided", timeout=20000)
+                assert [(x["vote_id"], x["user"]) for x in app.store.voids()] == [(vid, "admin")]
+                assert [v["voided"] for v in app.store.votes(include_voided=True)] == [True]
             page.close()
     finally:
         app.close()

@@ -1,5 +1,7 @@
 """Issue #15 in a real browser (Playwright + Debian's headless Chromium, /usr/bin/chromium): clicking a suggested
-prompt sends it; a newly published version gets the boost; the Chinese UI has no untranslated label.
+prompt sends it; a newly published version gets the boost; the Chinese UI has no untranslated label; the leaderboard
+marks a version below the minimum battles "preliminary" and shows the length-controlled column (the admin's void:
+tests/test_browser.py).
 
 Skips without Chromium/Playwright locally, fails under CI=true (tests/conftest.py:browser_api).
 """
@@ -79,12 +81,10 @@ ALLOWED = {"RLHF", "SFT", "PPO", "KL", "TRL", "JSONL", "HH", "Top", "Bradley", "
            "CI", "YYYY", "MM", "DD", "python", "eval", "API"}
 VERSION = re.compile(r"\b(?:sft|(?:rlhf|reward|judge)-v\d+)\b")
 
-# Skipped: model answers and prompts (data), code spans (commands), table cells (data), and Gradio 6.31's toast type
-# label ("Info"), which its frontend writes in English whatever the locale (statustracker: the type, capitalised);
-# the toast's message itself is checked.
+# Skipped: model answers and prompts (data), code spans (commands), table cells (data). The toasts are checked, their
+# type label too (Gradio 6.31 writes it in English, "Info"; arena_app.i18n.toast_js shows it in Chinese).
 VISIBLE_TEXT = """() => {
-  const skip = el => el.closest('#chat-a, #chat-b, code, pre, .arena-example, td, [role=listbox], #who, .toast-title, '
-    + '#export-file')
+  const skip = el => el.closest('#chat-a, #chat-b, code, pre, .arena-example, td, [role=listbox], #who, #export-file')
     || (el.closest('.cell-wrap') && !el.closest('th, thead, [role=columnheader]'));
   const out = [];
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
@@ -130,7 +130,9 @@ def test_a_chinese_browser_finds_no_untranslated_label(browser, arena, tmp_path)
     wait_answers(page)
     page.click("#vote-left")
     page.wait_for_selector("#reveal", state="visible", timeout=20000)
+    expect(page.locator(".toast-title").first).to_contain_text("提示", timeout=20000)  # the "vote saved" toast's type
     seen: dict[str, list[str]] = {"arena": page.evaluate(VISIBLE_TEXT)}
+    assert any("提示" in text for text in seen["arena"])  # the scan sees the toast (so it would see "Info")
     for tab, ready in (("排行榜", "#lb-ratings"), ("评测", "#eval-report"), ("训练", "#train-feedback"),
                        ("数据审查", "#review-show")):
         page.get_by_role("tab", name=tab).click(timeout=30000)
@@ -193,5 +195,76 @@ def test_a_new_version_gets_the_boost(browser, world, tmp_path):  # noqa: F811
         assert "rlhf-v0" in reveals[1] and "rlhf-v0" in reveals[2] and reasons[1:] == ["spec", "spec"]
         assert app.store.votes()[0]["pairing"] == {"reason": "boost", "version": "rlhf-v5", "battles": 0,
                                                    "min_votes": 1}
+    finally:
+        app.close()
+
+
+ROWS = """() => {  // Gradio 6's Dataframe: ARIA roles (a header table, then a virtual body of role=row divs)
+  const root = document.querySelector('#lb-ratings');
+  const text = cells => [...cells].map(c => c.innerText.trim());
+  return {head: text(root.querySelectorAll('[role=columnheader]')),
+          rows: [...root.querySelectorAll('[role=row]')].map(r => text(r.querySelectorAll('[role=gridcell]')))
+                .filter(r => r.length)};
+}"""
+
+
+def test_leaderboard_marks_preliminary_versions_and_shows_the_length_controlled_column(browser, world, tmp_path):  # noqa: F811
+    """In the Leaderboard tab: a version below the minimum battles has no rank and reads "preliminary" where its
+    interval would be (never a zero-width "720 – 720"); the ranked ones have an interval; the length-controlled
+    column is there, with an interval for a ranked non-anchor version; the category view keeps the votes on one kind of
+    pool prompt. "preliminary" and the column in the Chinese UI too."""
+    from playwright.sync_api import expect
+
+    from rlhf_demo.leaderboard import MIN_BATTLES
+    from rlhf_demo.store import ConversationRecord, Store, VoteRecord
+
+    app, url = launch(world, store=Store(f"sqlite:///{tmp_path / 'lb.db'}"))
+    try:
+        def add(cid, left, right, winner, left_text="short", right_text="a much longer answer than the other",
+                prompts=None):
+            conv = ConversationRecord(id=cid, left_policy=left, right_policy=right, swapped=False, blind=True)
+            msgs = lambda text: [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]  # noqa: E731
+            app.store.record_vote(conv, VoteRecord(conversation_id=cid, turn=1, left_policy=left, right_policy=right,
+                                                   winner=winner, left_messages=msgs(left_text),
+                                                   right_messages=msgs(right_text), prompts=prompts))
+        for k in range(MIN_BATTLES + 2):
+            add(f"lb-{k}", "sft", "rlhf-v0", ("left", "right", "right")[k % 3])
+        add("lb-lone", "sft", "rlhf-v7", "right",  # one battle: below the minimum; a suggested harmful prompt
+            prompts=[{"turn": 1, "source": "suggested", "category": "harmful", "lang": "en", "ref": "x:1"}])
+
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="en-US")
+        page.goto(url)
+        page.get_by_role("tab", name="Leaderboard").click(timeout=30000)
+        expect(page.locator("#lb-ratings")).to_contain_text("rlhf-v7", timeout=30000)
+        table = page.evaluate(ROWS)
+        head = table["head"]
+        assert "length-controlled" in head and "95% CI" in head and "rank" in head, head
+        rows = {r[head.index("model")]: dict(zip(head, r)) for r in table["rows"]}
+        assert set(rows) == {"sft", "rlhf-v0", "rlhf-v7"}, rows
+        lone, ranked = rows["rlhf-v7"], rows["rlhf-v0"]
+        assert lone["95% CI"] == "preliminary" and lone["rank"] == "–" and lone["battles"] == "1", lone
+        assert ranked["rank"] in ("1", "2") and re.fullmatch(r"\d+ – \d+", ranked["95% CI"]), ranked
+        lo, hi = map(int, ranked["95% CI"].split(" – "))
+        assert lo < hi  # a real interval, not a zero-width one
+        assert re.fullmatch(r"-?\d+ \(-?\d+ – -?\d+\)", ranked["length-controlled"]), ranked
+        assert re.fullmatch(r"-?\d+", lone["length-controlled"]), lone  # a rating, no interval: preliminary
+        expect(page.locator("#lb-summary")).to_contain_text(f"ranked after {MIN_BATTLES} battles")
+        # the per-category view: only the votes on harmful pool prompts
+        page.locator("#lb-category input").click()
+        page.get_by_role("option", name="harmful").click()
+        expect(page.locator("#lb-ratings")).not_to_contain_text("rlhf-v0", timeout=30000)
+        models = {r[head.index("model")] for r in page.evaluate(ROWS)["rows"]}
+        assert models == {"sft", "rlhf-v7"}, models
+        page.close()
+
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, locale="zh-CN",
+                                extra_http_headers={"Accept-Language": "zh-CN,zh;q=0.9"})
+        page.goto(url)
+        page.get_by_role("tab", name="排行榜").click(timeout=30000)
+        expect(page.locator("#lb-ratings")).to_contain_text("rlhf-v7", timeout=30000)
+        expect(page.locator("#lb-ratings")).to_contain_text("初步")
+        table = page.evaluate(ROWS)
+        assert "长度校正" in " ".join(table["head"]), table["head"]
+        page.close()
     finally:
         app.close()

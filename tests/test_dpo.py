@@ -25,7 +25,7 @@ class Stop(Exception):
 
 
 def cfg(tmp_path: Path, **kw) -> DPOConfig:
-    values = dict(FAST, run_dir=tmp_path / "run")
+    values = dict(FAST, run_dir=str(tmp_path / "run"))
     values.update(kw)
     return DPOConfig(**values)
 
@@ -236,3 +236,14 @@ def test_qlora_path_trains_on_cpu(tiny_settings, tmp_path):
     assert getattr(result.model.get_base_model(), "is_loaded_in_4bit", False)
     assert len(losses) == 3 and all(x == x for x in losses)
     assert (result.model_dir / "adapter_model.safetensors").is_file()
+
+
+def test_flags_share_the_other_trainers_names_and_types():
+    from rlhf_demo.flags import config_from_args
+
+    for flag in ("--threads", "--num-threads"):  # the reward model's and PPO's spelling; the old one still parses
+        config = config_from_args(DPOConfig, build_parser().parse_args([flag, "1"]))
+        assert config.threads == 1
+    config = config_from_args(DPOConfig, build_parser().parse_args(["--run-dir", "r", "--lora-layers", "8"]))
+    assert (config.run_dir, config.lora_layers, config.name, config.publish_dir) == ("r", 8, "", "")
+    assert DPOConfig().lora_layers == 0  # 0 = all layers, as RewardConfig and PPOConfig

@@ -70,3 +70,44 @@ def test_text_field():
         with pytest.raises(MyError) as err:
             text_field(value, "f:1", "prompt", MyError)
         assert str(err.value) == f"f:1: {message}"
+
+
+def test_a_caller_may_reword_the_faults_but_not_the_checks(tmp_path):
+    wording = {"nul": "contains a NUL byte (column {column})", "json": "invalid JSON ({reason})"}
+    with pytest.raises(JsonlError) as err:
+        parse_line(b'{"a": "b\x00"}', "x:3", wording=wording)
+    assert str(err.value) == "x:3: contains a NUL byte (column 9)"
+    with pytest.raises(JsonlError) as err:
+        parse_line(b'{"a": ', "x:3", wording=wording)
+    assert str(err.value) == "x:3: invalid JSON (Expecting value)"
+    with pytest.raises(JsonlError) as err:  # keys not given keep the shared wording
+        parse_line(b'{"a": "caf\xe9"}', "x:3", wording=wording)
+    assert str(err.value) == "x:3: invalid UTF-8 at byte 11 of the line"
+    with pytest.raises(ValueError, match="unknown wording keys"):
+        parse_line(b"{}", "x:3", wording={"nul_byte": "typo"})
+
+
+def test_text_lines_check_each_line_like_jsonl(tmp_path):
+    from rlhf_demo.jsonl import text_lines
+
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"  first \n\n\tsecond\r\n")
+    assert list(text_lines(path)) == [(1, f"{path}:1", "first"), (3, f"{path}:3", "second")]
+    for data, message in [(b"ok\nbad\x00line\n", "NUL byte at column 4"),
+                          (b"ok\n\xff\xfe\n", "invalid UTF-8 at byte 1 of the line")]:
+        path.write_bytes(data)
+        with pytest.raises(MyError) as err:
+            list(text_lines(path, MyError))
+        assert str(err.value) == f"{path}:2: {message}"
+    gz = tmp_path / "p.txt.gz"
+    gz.write_bytes(gzip.compress(b"one\ntwo\n"))
+    assert [t for _, _, t in text_lines(gz)] == ["one", "two"]
+
+
+def test_metrics_log_reads_through_the_shared_reader_and_skips_torn_lines(tmp_path):
+    from rlhf_demo.metrics_log import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    assert read_metrics(path) == []  # no run yet
+    path.write_bytes(b'{"step": 1}\n[1]\n\n{"step": 2}\n{"step": 3, "lo')  # a non-object and a torn last line
+    assert read_metrics(path) == [{"step": 1}, {"step": 2}]

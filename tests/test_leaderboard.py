@@ -193,3 +193,24 @@ def test_per_category_boards_and_the_win_rate_picture(tmp_path):
     fig.savefig(tmp_path / "rates.png")
     assert (tmp_path / "rates.png").stat().st_size > 1000
     assert win_rate_figure(compute([], rounds=5)) is None
+
+
+def test_votes_stored_from_pool_prompts_land_in_their_category():
+    """The store keeps a pool prompt's category in the vote's ``prompts`` list (the first turn decides); the
+    categories are spelt as the prompt pools spell them; a typed prompt has none."""
+    from rlhf_demo.leaderboard import CATEGORIES, compute_by_category, vote_category
+    from rlhf_demo.prompt_pool import CATEGORIES as POOL
+
+    assert CATEGORIES == POOL == ("harmful", "risky-safe", "ordinary")
+    pool = lambda cat: [{"turn": 2, "source": "typed", "category": None},  # noqa: E731
+                        {"turn": 1, "source": "suggested", "category": cat, "lang": "en", "ref": "x"}]
+    base = dict(left_policy="sft", right_policy="v1", blind=True)
+    votes = ([dict(base, winner="right", prompts=pool("risky-safe"))] * 2
+             + [dict(base, winner="left", prompts=pool("harmful"))]
+             + [dict(base, winner="tie", prompts=[{"turn": 1, "source": "typed", "category": None}]),
+                dict(base, winner="tie", prompts=None)])
+    assert [vote_category(v) for v in votes] == ["risky-safe", "risky-safe", "harmful", None, None]
+    assert vote_category(dict(base, category="ordinary", prompts=pool("harmful"))) == "ordinary"  # its own field wins
+    boards = compute_by_category(votes, rounds=5)
+    assert list(boards) == ["harmful", "risky-safe", "uncategorised"]
+    assert (boards["risky-safe"].n_votes, boards["harmful"].n_votes, boards["uncategorised"].n_votes) == (2, 1, 2)

@@ -383,10 +383,14 @@ def test_one_name_and_one_type_per_field_across_the_configs():
     import typing
 
     from eval.config import EvalConfig
+    from training.build_pairs import BuildConfig
+    from training.dpo import DPOConfig
     from training.ppo_config import PPOConfig
     from training.reward_config import RewardConfig
+    from training.safety_reward import SafetyConfig
 
-    hints = {c.__name__: typing.get_type_hints(c) for c in (RewardConfig, PPOConfig, EvalConfig, P.PipelineConfig)}
+    hints = {c.__name__: typing.get_type_hints(c)
+             for c in (RewardConfig, PPOConfig, DPOConfig, SafetyConfig, BuildConfig, EvalConfig, P.PipelineConfig)}
     for name in set().union(*hints.values()):
         types = {c: h[name] for c, h in hints.items() if name in h}
         assert len(set(map(str, types.values()))) == 1, (name, types)
@@ -427,3 +431,69 @@ def test_old_flag_spellings_still_parse():
         ["sft", "rlhf-v0"], ["xstest", "unsafe:x.txt"], ["20"], ["unsafe", "safe", "helpful"], 1, 128)
     help_text = eval_parser().format_help()
     assert "RLHF_ARENA_HOME" in help_text and "--judge-categories" in help_text and "--suite" in help_text
+
+
+# ------------------------------------------------------------------------------------------------
+# --algorithm dpo: DPO from SFT on every pair, through the same evaluation and gates (issue #16)
+# ------------------------------------------------------------------------------------------------
+def test_dpo_algorithm_skips_the_reward_model_and_publishes_dpo_vN_through_the_gates(stubbed, monkeypatch):
+    settings, report, calls = stubbed
+
+    def dpo(cfg, settings, run_dir, exported, progress):
+        progress.stage("dpo", "stub")
+        calls.append(("dpo", exported.written, cfg.dpo.beta))
+        write_random_adapter(settings, run_dir / "dpo" / "final", seed=6, r=4)
+        return {"run_dir": str(run_dir / "dpo"), "steps": 3, "model_dir": str(run_dir / "dpo" / "final"),
+                "metrics": {"validation": {"eval/accuracy": 0.75}}, "config": {"beta": cfg.dpo.beta}}
+
+    monkeypatch.setattr(P, "stage_dpo", dpo)
+    seed_votes(settings, 3)
+    report["value"] = fake_report({"sft": .5, "CAND": .3}, {"sft": .1, "CAND": .1}, 0.05, "CAND")
+    cfg = P.PipelineConfig(algorithm="dpo")
+    cfg.dpo.beta = 0.2
+    summary = P.run_pipeline(cfg, settings, echo=False)
+    assert summary["outcome"] == "published" and summary["published"] == "dpo-v0", summary
+    assert "reward" not in calls and ("dpo", 3, 0.2) in calls and ("eval", "dpo-v0", "sft") in calls
+    v = Registry(settings.versions_dir).get("dpo-v0")
+    assert v.card["trainer"].endswith("training.dpo (DPO)") and all(g["passed"] for g in v.card["evaluation"]["gates"])
+    log = (Path(summary["run_dir"]) / "pipeline.log").read_text()
+    assert "[2/5 dpo]" in log and "[5/5 publish]" in log and "DPO from sft: 3 steps" in P.format_summary(summary)
+    status = json.loads((Path(summary["run_dir"]) / "status.json").read_text())
+    assert status["stages"] == ["export", "dpo", "eval", "gates", "publish"]
+    assert P.load_state(settings)["last_vote_id"] == 3  # the cursor moved: the next run needs new feedback
+    # a failing gate publishes nothing, as with PPO
+    seed_votes(settings, 2, start=3)
+    report["value"] = fake_report({"sft": .5, "dpo-v0": .3, "CAND": .6}, {"sft": .1, "dpo-v0": .1, "CAND": .1}, 0.05,
+                                  "CAND")
+    summary = P.run_pipeline(P.PipelineConfig(algorithm="dpo"), settings, echo=False)
+    assert summary["outcome"] == "rejected" and "harmful compliance" in summary["reason"]
+    assert Registry(settings.versions_dir).names("policy") == ["sft", "dpo-v0"]
+
+
+def test_dpo_flags_reach_the_nested_config_and_fixed_fields_are_refused():
+    from rlhf_demo.flags import parse_config
+    from training.dpo_config import DPOConfig
+
+    cfg, _ = parse_config(P.PipelineConfig, "x", None, ["--algorithm", "dpo", "--dpo-beta", "0.3", "--dpo-loss-type",
+                                                        "ipo", "--dpo-max-steps", "5"])
+    assert isinstance(cfg.dpo, DPOConfig) and (cfg.algorithm, cfg.dpo.beta, cfg.dpo.loss_type, cfg.dpo.max_steps) == (
+        "dpo", 0.3, "ipo", 5)
+    for fixed in (["--dpo-data", "seed"], ["--dpo-run-dir", "x"], ["--algorithm", "grpo"]):
+        with pytest.raises(SystemExit):
+            parse_config(P.PipelineConfig, "x", None, fixed)
+
+
+def test_real_tiny_dpo_run_publishes_dpo_v0(tiny_settings, tmp_path, capsys):
+    settings = tiny_settings
+    seed_votes(settings, 6)
+    args = tiny_args(settings, tmp_path) + ["--algorithm", "dpo", "--dpo-max-steps", "2", "--dpo-batch-size", "4", "--dpo-max-length", "96",
+             "--dpo-lora-r", "4", "--dpo-eval-batch-size", "8"]
+    rc = P.main(args)
+    out = capsys.readouterr().out
+    assert rc == P.EXIT_PUBLISHED, out
+    reg = Registry(settings.versions_dir, package_dir=None)
+    assert reg.names("policy") == ["sft", "dpo-v0"] and reg.names("reward") == []  # no reward model trained
+    card = reg.get("dpo-v0").card
+    assert card["parent"] == "sft" and card["metrics"]["steps"] == 2 and card["evaluation"]["gates"]
+    assert card["config"]["lora_alpha"] == 8 and card["config"]["data"][0] == "arena"
+    assert (reg.get("dpo-v0").path / "adapter_model.safetensors").is_file()

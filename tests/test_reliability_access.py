@@ -125,7 +125,8 @@ def test_only_admins_export_or_start_training_even_through_the_api(auth_app):
     assert event == "complete" and "pairs" in text
 
 
-FILTERS = ["", "", "", "", "", "", "all", False]  # version, winner, reason, user, since, until, status, flagged
+FILTERS = ["", "", "", "", "", "", "all", False, ""]  # version, winner, reason, user, since, until, status, flagged,
+# prompt category
 
 
 def test_only_admins_browse_or_void_votes_over_raw_http(auth_app):

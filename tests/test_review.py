@@ -55,3 +55,12 @@ def test_rows_newest_first_with_the_void_reason():
     assert five["winner"] == "left (rlhf-v1)" and four["winner"] == "both_bad" and four["voided"] == "spam"
     assert five["prompt"] == "prompt 5" and five["left answer"] == "left 5" and five["when"] == "2026-11-04 12:30"
     assert review_rows([v(9, comment="a long comment here")], width=8)[0]["comment"] == "a long …"
+
+
+def test_category_filter_reads_the_stored_pool_category():
+    """Stored votes carry a pool prompt's category in ``prompts`` (per turn); a typed prompt is 'uncategorised'."""
+    stored = [v(6, prompts=[{"turn": 1, "source": "suggested", "category": "risky-safe"}]),
+              v(7, prompts=[{"turn": 1, "source": "typed"}]), v(8, prompts=None)]
+    assert ids(filter_votes(stored, category="risky-safe")) == [6]
+    assert ids(filter_votes(stored, category="uncategorised")) == [7, 8]
+    assert ids(filter_votes(VOTES + stored, category="harmful")) == [5]

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from rlhf_demo.jsonl import text_lines
 from rlhf_demo.records import PreferencePair, PromptItem
 from rlhf_demo.splits import data_file, normalize_text, reported_prompt_keys  # one normalisation, one "reported" rule
 from training.batching import (EncodedPair, PairBatch, batch_order, collate_pairs,  # noqa: F401 - the batching half,
@@ -385,15 +386,8 @@ def load_prompts(specs: Iterable[str] = ("seed",), settings=None, on_overlap: st
             if path.suffix == ".txt":
                 if not path.is_file():
                     raise DataError(f"{path}: no such file")
-                for lineno, line in enumerate(path.read_bytes().split(b"\n"), start=1):
-                    if b"\x00" in line:
-                        raise DataError(f"{path}:{lineno}: NUL byte")
-                    try:
-                        text = line.decode("utf-8").strip()
-                    except UnicodeDecodeError as exc:
-                        raise DataError(f"{path}:{lineno}: invalid UTF-8 at byte {exc.start + 1}") from exc
-                    if text:
-                        found.append(PromptItem([{"role": "user", "content": text}], spec.name, f"{path.name}:{lineno}"))
+                found = [PromptItem([{"role": "user", "content": text}], spec.name, f"{path.name}:{lineno}")
+                         for lineno, _, text in text_lines(path, DataError)]
             else:
                 found = [_prompt_item(r, w, spec.name) for w, r in read_jsonl(path)]
         if spec.limit:
