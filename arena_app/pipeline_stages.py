@@ -6,6 +6,7 @@ candidate policy — PPO-max against the reward model (``--algorithm ppo``) or D
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -67,6 +68,24 @@ def stage_export(cfg: PipelineConfig, settings: Settings, run_dir: Path, state: 
     return result
 
 
+@contextlib.contextmanager
+def step_meter(progress: Progress, label: str, what: str):
+    """An ``on_step(step, info)`` callback for a trainer: a progress meter (done/total, rate, ETA; the rate counts
+    from here, model loading included) and a loss line at the first and every 10th step."""
+    meter = progress.meter(label, None, "step")
+
+    def on_step(step, info):
+        meter.total = meter.total or info.get("total_steps")
+        meter.set(step)
+        if step == 1 or step % 10 == 0:
+            progress.line(f"  {what} step {step}: loss {info['loss']:.4f}")
+
+    try:
+        yield on_step
+    finally:
+        meter.close()
+
+
 def stage_reward(cfg: PipelineConfig, settings: Settings, run_dir: Path, exported, registry: Registry,
                  progress: Progress) -> tuple[str, float | None]:
     from training import reward_model as RM
@@ -85,19 +104,9 @@ def stage_reward(cfg: PipelineConfig, settings: Settings, run_dir: Path, exporte
                    logging_steps=1, progress=False, publish=True, name="", publish_dir="", replace=False,
                    eval_only=False, role="reward", description=f"arena_app.pipeline run {run_dir.name}: {how}")
 
-    meter = progress.meter("reward model", None, "step")  # the rate counts from here (loading included)
-
-    def on_step(step, info):
-        meter.total = meter.total or info.get("total_steps")
-        meter.set(step)
-        if step == 1 or step % 10 == 0:
-            progress.line(f"  reward step {step}: loss {info['loss']:.4f}")
-
-    try:
+    with step_meter(progress, "reward model", "reward") as on_step:
         result = RM.train(rcfg, settings, on_step=on_step,
                           command=f"python -m arena_app.pipeline (run {run_dir.name})")
-    finally:
-        meter.close()
     acc = result.metrics.get("validation", {}).get("all", {}).get("accuracy")
     progress.line(f"  published {result.version.name} ({result.step} steps; held-out accuracy "
                   f"{acc if acc is not None else 'n/a'})")
@@ -135,18 +144,8 @@ def stage_dpo(cfg: PipelineConfig, settings: Settings, run_dir: Path, exported, 
     dcfg = replace(cfg.dpo, data=["arena", seed], run_dir=str(run_dir / "dpo"), seed=cfg.seed, threads=cfg.threads,
                    resume=False, save_steps=0, progress=False, publish=False, name="", publish_dir="", replace=False,
                    lora_alpha=2 * cfg.dpo.lora_r, description=f"arena_app.pipeline run {run_dir.name}: {how}")
-    meter = progress.meter("DPO steps", None, "step")  # the rate counts from here (loading included)
-
-    def on_step(step, info):
-        meter.total = meter.total or info.get("total_steps")
-        meter.set(step)
-        if step == 1 or step % 10 == 0:
-            progress.line(f"  dpo step {step}: loss {info['loss']:.4f}")
-
-    try:
+    with step_meter(progress, "DPO steps", "dpo") as on_step:
         result = dpo.train(dcfg, settings, on_step=on_step, command=f"python -m arena_app.pipeline (run {run_dir.name})")
-    finally:
-        meter.close()
     held_out = result.metrics.get("validation", {})
     progress.line(f"  {result.step} steps; held-out implicit-reward accuracy {held_out.get('eval/accuracy', 'n/a')}, "
                   f"token KL {held_out.get('eval/kl_token', 'n/a')}")
