@@ -43,3 +43,23 @@ def installed_trl_version(path: Path) -> str | None:
     for info in Path(path).glob("trl-*.dist-info"):
         return info.name[len("trl-"):-len(".dist-info")]
     return None
+
+
+def ensure_trl(path: Path, version: str, who: str, fallback: str) -> None:
+    """Make sure ``path`` holds trl==``version`` (installed there with ``pip install --no-deps --target`` if it
+    holds no trl); .venv is left alone. ``who`` names the bench in messages, ``fallback`` says how to run
+    without TRL. A different trl in ``path`` stops the bench (it is never overwritten)."""
+    import subprocess
+    import sys
+
+    found = installed_trl_version(path)
+    if found is None:
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(path), f"trl=={version}"]
+        print(f"[{who}] trl=={version} is not in {path}; installing it there (.venv's packages are left alone):\n"
+              f"  {' '.join(cmd)}", file=sys.stderr, flush=True)
+        if subprocess.call(cmd) != 0:
+            raise SystemExit(f"error: could not install trl=={version}; run the command above by hand, or {fallback}")
+    elif found != version:
+        raise SystemExit(f"error: {path} holds trl {found}, not {version}; remove it or pass another --trl-path")
+    if not (Path(path) / "trl" / "__init__.py").is_file():
+        raise SystemExit(f"error: {path} has trl-{version}.dist-info but no trl package; remove it and rerun")

@@ -36,7 +36,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.results import installed_trl_version, machine, update_section  # noqa: E402
+from bench.results import ensure_trl as install_trl, machine, update_section  # noqa: E402
 
 TRL_VERSION = "1.16.0"
 DEFAULT_TRL_PATH = ROOT / ".cache" / "bench" / f"trl-{TRL_VERSION}"
@@ -220,16 +219,7 @@ def run_ours(args, settings, train_pairs, eval_pairs, tokenizer, out_dir: Path, 
 
 def ensure_trl(path: Path) -> None:
     """trl==TRL_VERSION in ``path`` (installed there if missing), first on sys.path; .venv is left alone."""
-    version = installed_trl_version(path)
-    if version is None:
-        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(path), f"trl=={TRL_VERSION}"]
-        print(f"[bench/reward_model] trl=={TRL_VERSION} is not in {path}; installing it there:\n  {' '.join(cmd)}",
-              file=sys.stderr, flush=True)
-        if subprocess.call(cmd) != 0:
-            raise SystemExit(f"error: could not install trl=={TRL_VERSION}; run the command above by hand, or pass "
-                             "--skip-trl to time ours only")
-    elif version != TRL_VERSION:
-        raise SystemExit(f"error: {path} holds trl {version}, not {TRL_VERSION}; remove it or pass another --trl-path")
+    install_trl(path, TRL_VERSION, "bench/reward_model", "pass --skip-trl to time ours only")
     sys.path.insert(0, str(path))
     import trl
 
