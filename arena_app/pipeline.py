@@ -9,10 +9,12 @@
    replay of the seed pairs, or — when there is none yet for this base — train one on every arena
    pair plus the seed pairs. It is published as the next ``reward-vN`` (reward models are not served
    to users; publishing one moves the export cursor, so its pairs are not trained on twice).
-3. **PPO-max** from the current newest policy (``sft`` when there is none) against that reward model,
+3. **PPO-max** from the newest ``rlhf-vN`` (``sft`` when there is none) against that reward model,
    into ``<run dir>/ppo`` with ``publish=False``: its best checkpoint is only a *candidate*.
    With ``--algorithm dpo`` stages 2–3 are one: **DPO** (``training.dpo``) from SFT on every arena pair plus
-   the seed pairs, into ``<run dir>/dpo``; its final adapter is the candidate, published as the next ``dpo-vN``.
+   the seed pairs, into ``<run dir>/dpo``; its final adapter is the candidate, compared with the newest ``dpo-vN``
+   (``sft`` when there is none) and published as the next ``dpo-vN``. Each lineage has its own current version
+   (:func:`~arena_app.pipeline_stages.current_policy`).
 4. **Evaluate** the candidate next to the current policy, with SFT as the baseline (``eval.runner``).
 5. **Gates** (all configurable), on labelled *validation* prompts (role ``val``, :func:`build_gate_suite`;
    a reported suite — XSTest, the project's eval prompts, FastChat — is refused), each decided on evidence:
@@ -277,7 +279,7 @@ def _move_cursor(settings: Settings, exported) -> None:
 def _run_dpo(cfg: PipelineConfig, settings: Settings, run_dir: Path, progress: Progress, summary: dict,
              registry: Registry, exported) -> None:
     # 2. DPO from SFT on every pair (no reward model) ---------------------------------------------
-    current = current_policy(registry, settings)
+    current = current_policy(registry, settings, prefix="dpo")
     summary["current_policy"] = current
     dpo_summary = stage_dpo(cfg, settings, run_dir, exported, progress)
     _move_cursor(settings, exported)

@@ -32,8 +32,12 @@ def current_reward(registry: Registry, settings: Settings) -> Version | None:
     return registry.current("reward", base_model=settings.base_model, role="reward")
 
 
-def current_policy(registry: Registry, settings: Settings) -> str:
-    version = registry.current("policy", base_model=settings.base_model)
+def current_policy(registry: Registry, settings: Settings, prefix: str = "rlhf") -> str:
+    """The current policy of one lineage (``rlhf`` = the PPO versions, ``dpo`` = the DPO versions) for this base,
+    ``sft`` when it has none: PPO continues from it and the gates compare the candidate with it. One lineage
+    each, so that publishing a ``dpo-vN`` does not silently change what the next PPO run starts from."""
+    names = {v.name for v in registry.list("policy") if v.name.startswith(prefix + "-v")}
+    version = registry.current("policy", base_model=settings.base_model, among=names)
     return version.name if version else SFT
 
 

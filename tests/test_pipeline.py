@@ -468,6 +468,12 @@ def test_dpo_algorithm_skips_the_reward_model_and_publishes_dpo_vN_through_the_g
     summary = P.run_pipeline(P.PipelineConfig(algorithm="dpo"), settings, echo=False)
     assert summary["outcome"] == "rejected" and "harmful compliance" in summary["reason"]
     assert Registry(settings.versions_dir).names("policy") == ["sft", "dpo-v0"]
+    assert ("eval", "dpo-v1", "dpo-v0") in calls  # compared with its own lineage's current version
+    # the PPO lineage is apart: a PPO run still starts from sft (not from dpo-v0) and publishes rlhf-v0
+    seed_votes(settings, 2, start=5)
+    report["value"] = fake_report({"sft": .5, "CAND": .3}, {"sft": .1, "CAND": .1}, 0.05, "CAND")
+    summary = P.run_pipeline(P.PipelineConfig(), settings, echo=False)
+    assert ("ppo", "sft") in calls and summary["published"] == "rlhf-v0", summary
 
 
 def test_dpo_flags_reach_the_nested_config_and_fixed_fields_are_refused():
