@@ -17,6 +17,7 @@ import pytest
 from eval.detect import score_predictions
 from rlhf_demo.refusal.detector import (
     BASELINE_NAME,
+    CLF_V1_NAME,
     DEFAULT_JUDGE,
     PROBE_NAME,
     PROBE_V2_NAME,
@@ -53,7 +54,9 @@ TEST_FLOORS_RULES = {RULES_V2_NAME: {"precision": 0.60, "recall": 0.22},     # 0
                      RULES_V1_NAME: {"precision": 0.58, "recall": 0.12},     # 0.643 / 0.141 measured
                      BASELINE_NAME: {"precision": 0.45, "recall": 0.035}}    # 0.529 / 0.047 measured
 TEST_FLOORS_PROBES = {PROBE_V2_NAME: {"precision": 0.59, "recall": 0.65},   # 0.629 / 0.688 measured (the default)
-                      PROBE_NAME: {"precision": 0.61, "recall": 0.63}}        # 0.648 / 0.672 measured
+                      PROBE_NAME: {"precision": 0.61, "recall": 0.63},        # 0.648 / 0.672 measured
+                      # the fine-tuned classifier (not the default; docs/refusal-judge/test_clf_v1.json)
+                      CLF_V1_NAME: {"precision": 0.66, "recall": 0.55}}       # 0.699 / 0.594 measured
 
 
 def rows_of(path: Path) -> list[dict]:
@@ -136,7 +139,7 @@ def test_frozen_test_set_regression_floor_rules():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("judge", [PROBE_V2_NAME, PROBE_NAME])
+@pytest.mark.parametrize("judge", [PROBE_V2_NAME, PROBE_NAME, CLF_V1_NAME])
 def test_frozen_test_set_regression_floor_probe_judges(probe_model, judge):
     """The judges with a probe (it runs on ~600-700 answers: a few minutes on one thread)."""
     rows = rows_of(TEST)
