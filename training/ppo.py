@@ -9,7 +9,8 @@ Models Part I: PPO" (PPO-max), in the style of CleanRL's ppo.py. One base model 
     critic     trainable LoRA adapter "critic" + value head, initialised from the reward model
 
 Every PPO-max trick is a named, switchable field of :class:`PPOConfig` (defaults = PPO-max) and
-every metric is logged under the same name in metrics.jsonl, TensorBoard and the PNG curves:
+every metric is logged under the same name in metrics.jsonl, TensorBoard and the PNG curves
+(with --samples-per-prompt K > 1 also reward/prompt_baseline_std and reward/within_prompt_std):
 
     reward/score_mean reward/score_std reward/normalized_mean objective/kl objective/kl_per_token
     response/length response/eos_rate response/perplexity response/repeated_4gram policy/entropy
@@ -51,6 +52,7 @@ from rlhf_demo.registry import Registry, check_name
 from rlhf_demo.scoring import ToyReward
 from training import distributed as dist
 from training import losses as L
+from training import prompt_baseline as PB
 from training.actor_critic import ActorCriticRoles
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.ppo_config import PPOConfig
@@ -134,11 +136,16 @@ def make_experience(roles: ActorCriticRoles, ro: Rollout, cfg: PPOConfig, moment
     ref_logp, _ = roles.token_logprobs(None, ids, attn, mask, trunk=trunk)   # reference
     old_values = roles.values(ids, attn, trunk=trunk)[:, :-1]                # critic role
 
+    # Grouped rollouts (RLOO's baseline, training/prompt_baseline.py): each answer's score minus the mean score of
+    # the other answers to its prompt, so the advantage says "better than the other answers to this prompt"
+    base = scores
+    if cfg.samples_per_prompt > 1:
+        base = scores - PB.prompt_baseline(scores, cfg.samples_per_prompt, cfg.prompt_baseline)
     # PPO-max: reward normalisation and clipping with running moments
-    shaped = scores.clone()
+    shaped = base.clone()
     if cfg.reward_normalize:
-        moments.update(dist.all_gather(scores))  # data parallel: the moments of every rank's scores
-        shaped = L.normalize_and_clip_rewards(scores, moments, cfg.reward_clip or None, cfg.reward_shift_mean)
+        moments.update(dist.all_gather(base))  # data parallel: the moments of every rank's scores
+        shaped = L.normalize_and_clip_rewards(base, moments, cfg.reward_clip or None, cfg.reward_shift_mean)
     elif cfg.reward_clip:
         shaped = shaped.clamp(-cfg.reward_clip, cfg.reward_clip)
     # penalty for answers that never reach EOS
@@ -282,6 +289,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     rank, world = dist.rank(), dist.world_size()
     seed_everything(cfg.seed)  # the same on every rank: the same initial adapters
     toy_reward = ToyReward.parse(cfg.reward_model)  # toy:WORD (a bad WORD is refused here)
+    PB.check_groups(cfg.rollout_batch_size, cfg.samples_per_prompt, cfg.prompt_baseline)  # whole groups, or error now
     if toy_reward and cfg.publish:
         raise ValueError(f"--reward-model {cfg.reward_model} is a diagnosis reward: a policy trained on it is not "
                          "published; add --no-publish")
@@ -359,12 +367,16 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         step = it + 1
         t0 = time.time()
         seed_everything(cfg.seed * 7919 + step + 1_000_003 * rank)  # per iteration (and rank): resume = same rollouts
-        # data parallel: every rank draws the same global batch and answers its own share, with its own seeds
-        prompts = dist.shard(sampler.next(cfg.rollout_batch_size * world), rank, world)
+        # data parallel: every rank draws the same global batch and answers its own share, with its own seeds;
+        # grouped rollouts: rollout_batch_size answers = rollout_batch_size / K prompts, each K times in a row
+        k = cfg.samples_per_prompt
+        prompts = dist.shard(PB.repeat_prompts(sampler.next(cfg.rollout_batch_size * world // k), k), rank, world)
         ro = rollout(roles, tokenizer, prompts, cfg,
                      seed=cfg.seed * 100003 + step * 1009 + rank * cfg.rollout_batch_size)
         ex = make_experience(roles, ro, cfg, moments)
         metrics = rollout_metrics(ro, ex, cfg)
+        if k > 1:  # how much of the reward's spread is between prompts (removed) and how much is left within them
+            metrics.update(PB.group_stats(ex.scores, k))
         if roles.last_safety is not None:  # a composed reward: its two parts, so a run shows which one moves
             metrics["reward/safety_mean"] = float(roles.last_safety.mean())
             metrics["reward/rm_mean"] = metrics["reward/score_mean"] - metrics["reward/safety_mean"]

@@ -48,7 +48,18 @@ class PPOConfig:
     # ---------------------------------------------------------------- rollouts
     iterations: int = field(default=60, metadata={"help": "PPO iterations (rollout + update)"})
     rollout_batch_size: int = field(default=16, metadata={
-        "help": "prompts sampled per iteration (the buffer); per process under accelerate launch"})
+        "help": "answers sampled per iteration (the buffer) = prompts × --samples-per-prompt; per process under "
+                "accelerate launch"})
+    samples_per_prompt: int = field(default=1, metadata={
+        "help": "grouped rollouts: answer each sampled prompt K times per iteration (K consecutive rows; "
+                "--rollout-batch-size must be a multiple of K), so a per-prompt baseline can compare answers to "
+                "the same prompt (1 = one answer per prompt, no baseline)"})
+    prompt_baseline: str = field(default="loo", metadata={
+        "help": "with --samples-per-prompt K > 1: subtract from each answer's score, before reward normalisation, "
+                "clipping and the KL penalty, a baseline from the other answers to its prompt: loo = the mean of "
+                "the other K-1 (RLOO; unbiased), mean = the group mean (GRPO without the std), none = no baseline "
+                "(training/prompt_baseline.py)",
+        "choices": ["loo", "mean", "none"]})
     response_length: int = field(default=48, metadata={"help": "longest sampled answer, in tokens"})
     temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
     top_p: float = field(default=1.0, metadata={"help": "rollout nucleus sampling (1 = sample the full policy)"})

@@ -1,0 +1,121 @@
+"""Grouped rollouts with a per-prompt reward baseline (--samples-per-prompt K, --prompt-baseline):
+the pure math against hand-computed values, and its place in PPO's experience."""
+
+import json
+
+import pytest
+import torch
+
+from training import ppo
+from training import prompt_baseline as PB
+from training.ppo import train
+
+from tests.test_ppo import tiny_cfg, tiny_reward  # noqa: F401  (fixture)
+
+
+def test_leave_one_out_baseline_groups_of_two_and_three():
+    # groups of 2: [1, 3] [10, 4] -> each answer's baseline is the other answer's score
+    s2 = torch.tensor([1.0, 3.0, 10.0, 4.0])
+    assert PB.prompt_baseline(s2, 2, "loo").tolist() == [3.0, 1.0, 4.0, 10.0]
+    assert (s2 - PB.prompt_baseline(s2, 2, "loo")).tolist() == [-2.0, 2.0, 6.0, -6.0]
+    # groups of 3: [1, 2, 6] [0, 0, 3] -> the mean of the two others
+    s3 = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
+    assert PB.prompt_baseline(s3, 3, "loo").tolist() == [4.0, 3.5, 1.5, 1.5, 1.5, 0.0]
+    assert (s3 - PB.prompt_baseline(s3, 3, "loo")).tolist() == [-3.0, -1.5, 4.5, -1.5, -1.5, 3.0]
+
+
+def test_group_mean_baseline_and_its_relation_to_leave_one_out():
+    s3 = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
+    assert PB.prompt_baseline(s3, 3, "mean").tolist() == [3.0, 3.0, 3.0, 1.0, 1.0, 1.0]
+    assert PB.prompt_baseline(torch.tensor([1.0, 3.0, 10.0, 4.0]), 2, "mean").tolist() == [2.0, 2.0, 7.0, 7.0]
+    # r - mean = (K-1)/K · (r - LOO): the same direction, shrunk
+    loo, mean = s3 - PB.prompt_baseline(s3, 3, "loo"), s3 - PB.prompt_baseline(s3, 3, "mean")
+    assert torch.allclose(mean, loo * 2 / 3)
+
+
+def test_no_baseline_for_one_sample_or_none_and_bad_input_is_refused():
+    s = torch.tensor([1.0, 2.0, 6.0, 0.0])
+    assert PB.prompt_baseline(s, 1, "loo").tolist() == [0.0] * 4
+    assert PB.prompt_baseline(s, 2, "none").tolist() == [0.0] * 4
+    with pytest.raises(ValueError, match="multiple"):
+        PB.prompt_baseline(s, 3)
+    with pytest.raises(ValueError, match="at least 1"):
+        PB.check_groups(4, 0)
+    with pytest.raises(ValueError, match="choose one of"):
+        PB.prompt_baseline(s, 2, "median")
+
+
+def test_group_stats_and_repeat_prompts():
+    # group means 2 and 7 -> population std 2.5; within-group stds 1 and 3 -> mean 2
+    stats = PB.group_stats(torch.tensor([1.0, 3.0, 10.0, 4.0]), 2)
+    assert stats == {"reward/prompt_baseline_std": pytest.approx(2.5), "reward/within_prompt_std": pytest.approx(2.0)}
+    assert PB.repeat_prompts(["a", "b"], 2) == ["a", "a", "b", "b"]
+    assert PB.repeat_prompts(["a", "b"], 1) == ["a", "b"]
+
+
+def test_grouped_rollouts_answer_each_prompt_k_times_and_the_score_loses_the_loo_mean(tiny_settings, tiny_reward,
+                                                                                      tmp_path, monkeypatch):
+    """K=2: rows 2i and 2i+1 answer the same prompt with different seeds; with no normalisation, clipping, EOS
+    penalty or KL, each answer's summed reward is its score minus the other answer's score."""
+    seen = []
+    real = ppo.make_experience
+
+    def spy(roles, ro, cfg, moments):
+        ex = real(roles, ro, cfg, moments)
+        seen.append((ro, ex))
+        return ex
+
+    monkeypatch.setattr(ppo, "make_experience", spy)
+    cfg = tiny_cfg(tmp_path, publish=False, samples_per_prompt=2, rollout_batch_size=4, reward_normalize=False,
+                   reward_clip=0.0, eos_penalty=0.0, kl_coef=0.0)
+    train(cfg, tiny_settings)
+    for ro, ex in seen:
+        assert ro.prompts[0] == ro.prompts[1] and ro.prompts[2] == ro.prompts[3]
+        summed = (ex.rewards * ro.response_mask).sum(1)
+        s = ex.scores
+        want = torch.stack([s[0] - s[1], s[1] - s[0], s[2] - s[3], s[3] - s[2]])
+        assert torch.allclose(summed, want, atol=1e-5), (summed, want)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
+    assert {"reward/prompt_baseline_std", "reward/within_prompt_std"} <= set(rows[0])
+
+
+def test_one_sample_per_prompt_never_touches_the_baseline(tiny_settings, tiny_reward, tmp_path, monkeypatch):
+    """K=1 (the default) is the old path: no baseline computed, no group metrics, one prompt per answer."""
+    monkeypatch.setattr(PB, "prompt_baseline", lambda *a, **k: (_ for _ in ()).throw(AssertionError("called")))
+    train(tiny_cfg(tmp_path, publish=False), tiny_settings)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
+    assert "reward/prompt_baseline_std" not in rows[0]
+    assert ppo.PPOConfig().samples_per_prompt == 1
+
+
+def test_a_batch_that_does_not_split_into_groups_is_an_error_line(tiny_settings, capsys):
+    assert ppo.main(["--samples-per-prompt", "3", "--rollout-batch-size", "16", "--reward-model", "toy:blue",
+                     "--no-publish", "--data-dir", str(tiny_settings.data_dir),
+                     "--base-model", tiny_settings.base_model]) == 2
+    assert "multiple" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ppo_learns_the_toy_reward_with_grouped_rollouts(tmp_path, tokenizer, tmp_path_factory):
+    """--samples-per-prompt 4 (4 prompts × 4 answers per iteration, leave-one-out baseline) still learns the known
+    toy reward of tests/test_ppo_learning.py, with that test's settings otherwise."""
+    import statistics
+
+    from rlhf_demo.config import Settings
+    from tests.test_ppo_learning import build_few_word_model
+
+    model = build_few_word_model(tmp_path_factory.mktemp("few-word-model"), tokenizer)
+    settings = Settings(data_dir=tmp_path, base_model=str(model), device="cpu", dtype="float32")
+    cfg = ppo.PPOConfig(reward_model="toy:blue", iterations=36, rollout_batch_size=16, mini_batch_size=8,
+                        response_length=8, lora_r=4, lora_alpha=8, policy_lr=5e-4, critic_lr=5e-3, val_prompts=3,
+                        eval_every=1000, checkpoint_every=1000, kl_bound=1e9, publish=False, seed=0,
+                        run_dir=str(tmp_path / "run"), guard_patience=1000, max_repeated_ngrams=1.1,
+                        min_perplexity=0.0, max_length_pinned=1.1, samples_per_prompt=4, prompt_baseline="loo")
+    train(cfg, settings)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
+    reward = [r["reward/score_mean"] for r in rows]
+    first, last = reward[:8], reward[-8:]
+    noise = max(statistics.stdev(first), statistics.stdev(last))
+    assert statistics.mean(last) - statistics.mean(first) > 3 * noise, (reward, noise)
+    assert statistics.mean(last) > 0.6, reward
+    assert all("reward/within_prompt_std" in r for r in rows)
