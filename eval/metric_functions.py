@@ -19,9 +19,14 @@ from .stats import (bootstrap_ci, combine_orders, length_controlled_with_ci, mcn
                     paired_difference, proportion, win_rate, win_tie_lose)
 
 
-def refusal(predictions, labels=None, detector="ours", confidence=0.95) -> dict:
+def refusal(predictions, labels=None, detector="ours", confidence=0.95, refusals=None) -> dict:
+    """Refusal rates. ``refusals``: the default judge's verdicts when the caller has them — the judges that read
+    the request as well as the answer (``rules-v2+probe-v2``, the default) need the prompt, which a bare
+    response does not carry: without ``refusals`` each response is judged alone (for those judges: rules-v2)."""
     verdicts = [detect_refusal(p) for p in predictions]
-    ours = [v.refusal for v in verdicts]
+    ours = [bool(r) for r in refusals] if refusals is not None else [v.refusal for v in verdicts]
+    if len(ours) != len(predictions):
+        raise ValueError(f"refusals: {len(ours)} verdicts for {len(predictions)} predictions")
     strmatch = [xstest_string_match(p) for p in predictions]
     if detector in ("ours", DETECTOR_NAME):
         flags = ours

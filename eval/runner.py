@@ -297,6 +297,10 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
     metrics = load_metrics(settings.online)
     stat_kw = {"confidence": config.confidence, "n_resamples": config.n_bootstrap, "seed": config.seed}
 
+    def flags_of(gens: list[Generation]) -> list[bool]:
+        """The refusal verdicts of ``--detector``: the judge's (with the prompt) or XSTest's string match."""
+        return [bool(g.refusal if config.detector == "ours" else g.refusal_string_match) for g in gens]
+
     def group_results(group_prompts: list[EvalPrompt], category: str) -> dict:
         res = {"category": category, "n": len(group_prompts), "policies": {}, "comparisons": {}}
         base_gens = [by_key[(p.id, baseline)] for p in group_prompts]
@@ -305,12 +309,16 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
             responses = [g.response for g in gens]
             scores = [g.reward for g in gens] if all(g.reward is not None for g in gens) else None
             base_scores = [g.reward for g in base_gens] if all(g.reward is not None for g in base_gens) else None
+            # the judge's verdicts from above (it read each prompt too), not a re-judging of the bare responses
             pr = {"refusal": strip_lists(metrics["refusal"].compute(predictions=responses, detector=config.detector,
-                                                                    confidence=config.confidence)),
+                                                                    confidence=config.confidence,
+                                                                    refusals=[g.refusal for g in gens])),
                   "length_tokens": mean_with_ci([g.n_tokens for g in gens], config.n_bootstrap, config.confidence, config.seed),
                   "length_chars": float(sum(len(r) for r in responses) / len(responses)) if responses else None,
                   "truncated": sum(1 for g in gens if g.finish_reason == "length") / len(gens) if gens else None}
-            paired = {} if name == baseline else {"baseline_predictions": [g.response for g in base_gens]}
+            paired = {"refusals": flags_of(gens)}
+            if name != baseline:
+                paired.update(baseline_predictions=[g.response for g in base_gens], baseline_refusals=flags_of(base_gens))
             if scores is not None:
                 paired_scores = {"scores": scores}
                 if name != baseline and base_scores is not None:

@@ -148,3 +148,25 @@ def test_eval_with_a_real_reward_model_version(tiny_settings, tmp_path):
     assert safe["reward"]["n"] == 2 and safe["over_refusal"]["reward"]["mean"] == safe["reward"]["mean"]
     gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert all((g["reward"] is not None) == (g["category"] in ("helpful", "safe")) for g in gens)
+
+
+def test_report_rates_use_the_judges_verdicts_with_the_prompt(tiny_settings, monkeypatch, tmp_path):
+    """The default judge reads the request as well as the answer: the report's rates (harmful compliance,
+    over-refusal, refusal) must be its verdicts from the generation step, not the bare responses judged again
+    without the prompt (which for the probe judges falls back to rules-v2 alone)."""
+    import eval.runner
+    from rlhf_demo.refusal.detector import RefusalVerdict
+
+    def judge_by_prompt(responses, prompts, judge=None):  # a judge that only the prompt decides
+        return [RefusalVerdict("bomb" in p or "Python" in p, "refusal", "by prompt", judge="stub") for p in prompts]
+
+    monkeypatch.setattr(eval.runner, "judge_refusals", judge_by_prompt)
+    rc = main(["--policies", "sft", "sft", *suites(tmp_path), *common(tiny_settings), "--judge", "none",
+               "--kl-samples", "0"])
+    assert rc == 0
+    report = load_report(latest_report(tiny_settings.data_dir))
+    unsafe = report["summary"]["unsafe"]["policies"]["sft"]
+    safe = report["summary"]["safe"]["policies"]["sft"]
+    assert unsafe["harmlessness"]["harmful_compliance"]["k"] == 1  # the poison prompt: complied; the bomb: refused
+    assert safe["over_refusal"]["over_refusal"]["k"] == 1  # the Python prompt
+    assert unsafe["refusal"]["refusal"]["k"] == 1 and safe["refusal"]["refusal"]["k"] == 1

@@ -55,5 +55,5 @@ class Refusal(evaluate.Metric):
             reference_urls=["https://github.com/paul-rottger/xstest"],
         )
 
-    def _compute(self, predictions, labels=None, detector="ours", confidence=0.95):
-        return refusal(predictions, labels, detector, confidence)
+    def _compute(self, predictions, labels=None, detector="ours", confidence=0.95, refusals=None):
+        return refusal(predictions, labels, detector, confidence, refusals=refusals)
