@@ -1,5 +1,5 @@
 """Data-parallel training (training/distributed.py): the helpers on a real 2-process gloo group
-(fast), and (slow) PPO and the reward model under `accelerate launch` with 2 CPU processes."""
+(fast), and (slow) PPO, the reward model and DPO under `accelerate launch` with 2 CPU processes."""
 
 from __future__ import annotations
 
@@ -217,3 +217,36 @@ def test_reward_model_two_processes_equal_one_process_with_gradient_accumulation
         assert mine.keys() == ref.keys()
         for k in mine:
             assert torch.allclose(mine[k], ref[k], rtol=1e-4, atol=1e-6), (name, k)
+
+
+@pytest.mark.slow
+def test_dpo_two_processes_equal_one_process_with_gradient_accumulation(tiny_settings, tmp_path):
+    """DPO under `accelerate launch` (issue #16): 2 ranks x 1 micro-batch per step = 1 process x 2 accumulated
+    micro-batches — the same losses, one published dpo-vN, the same trained adapter."""
+    from safetensors.torch import load_file
+
+    from training.dpo import DPOConfig, train
+
+    common = dict(data=["seed:24"], batch_size=2, max_steps=4, save_steps=2, validation_fraction=0.2, lora_r=4,
+                  lora_alpha=8, lora_target_modules=["q_proj", "v_proj"], max_length=128, learning_rate=1e-3,
+                  logging_steps=1, progress=False, seed=1, eval_at_start=False)
+    single = train(DPOConfig(**common, grad_accumulation=2, run_dir=str(tmp_path / "single"), publish=False),
+                   tiny_settings)
+    run_dir = tmp_path / "ddp"
+    res = launch("training.dpo", dict(
+        data_dir=tiny_settings.data_dir, base_model=tiny_settings.base_model, device="cpu", dtype="float32",
+        **common, grad_accumulation=1, run_dir=run_dir, name="dpo-v9", threads=1), tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    registry = Registry(tiny_settings.versions_dir)
+    assert registry.names("policy") == ["sft", "dpo-v9"]  # published once, by the main process
+    rows = [r for r in metric_rows(run_dir) if "train/loss" in r]
+    rows_single = [r for r in metric_rows(tmp_path / "single") if "train/loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] == [r["step"] for r in rows_single]
+    for a, b in zip(rows, rows_single):
+        for key in ("train/loss", "train/accuracy", "train/margin"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    mine = load_file(str(registry.get("dpo-v9").path / "adapter_model.safetensors"))
+    ref = load_file(str(single.model_dir / "adapter_model.safetensors"))
+    assert mine.keys() == ref.keys() and mine
+    for k in mine:
+        assert torch.allclose(mine[k], ref[k], rtol=1e-4, atol=1e-6), k
