@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from rlhf_demo.jsonl import iter_jsonl  # noqa: E402
 from rlhf_demo.refusal import clf as rc  # noqa: E402
 from rlhf_demo.refusal.detector import judge_refusals, precision_recall, rules_decline  # noqa: E402
+from scripts.train_refusal_probe_v2 import read_jsonl  # noqa: E402 - labelled answers, file:line errors
 
 THRESHOLDS = tuple(round(x, 2) for x in np.arange(0.05, 0.96, 0.05))
 
@@ -133,15 +134,6 @@ def parse(argv=None) -> TrainConfig:
     if cfg.start + cfg.blocks > 30:
         p.error(f"--start {cfg.start} + --blocks {cfg.blocks} exceeds the base model's 30 blocks")
     return cfg
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for where, row in iter_jsonl(path, SystemExit):
-        if not isinstance(row.get("response"), str) or not isinstance(row.get("refusal"), bool):
-            raise SystemExit(f"{where}: needs a string 'response' and a boolean 'refusal'")
-        rows.append(row)
-    return rows
 
 
 def seed_rows(folder: Path) -> list[dict]:
