@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow test-all venv bench data train-reward train-reward-scalar train-reward-v0 train-ppo-v0 eval-reward train-judge train-ppo train-dpo eval clean help
+.PHONY: run test test-slow test-all venv bench data train-reward train-reward-v2 train-reward-scalar train-reward-v0 train-ppo-v0 eval-reward train-judge train-ppo train-dpo eval clean help
 
 help:
 	@echo "make run        start the arena on http://127.0.0.1:7860 (ARGS='--port 8000 ...')"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench      benchmark scripts; tables land in bench/RESULTS.md"
 	@echo "make data       rebuild the contrastive preference pairs (rlhf_demo/data/pairs)"
 	@echo "make train-reward  reward-v1: reward-v0 + a safety term fitted on train-role prompts and contrastive pairs; make eval-reward: the contrast test"
+	@echo "make train-reward-v2  reward-v2: reward-v0 + the refusal classifier's verdict gated by the prompt-harm probe"
 	@echo "make train-judge   judge-v0, the helpfulness judge (judge-role data only)"
 	@echo "make train-ppo  rlhf-v1: PPO-max from SFT against reward-v1 (make train-ppo-v0: the rlhf-v0 recipe)"
 	@echo "make train-dpo  dpo-v0: DPO from SFT on the reward model's pairs (python -m training.dpo)"
@@ -98,6 +99,13 @@ data: venv
 SAFETY_ARGS ?= --base-reward reward-v0 --pairs $(PAIRS)/train.jsonl seed-train --seed 0 --threads 1
 train-reward: venv
 	$(PY) -m training.safety_reward $(SAFETY_ARGS) --publish-dir rlhf_demo/versions --name reward-v1 --replace $(ARGS)
+# reward-v2: reward-v0 plus scale * (2h - 1) * (2c - 1), c = the refusal classifier's probability that the answer is a
+# refusal (rlhf_demo/refusal/clf.py), h = reward-v1's prompt-harm probe; the scale chosen on the training pairs
+# (docs/reward-v2/README.md). ~22 min at 2 threads.
+SAFETY_V2_ARGS ?= --signal refusal-clf-v1 --harm-probe-from reward-v1 --base-reward reward-v0 \
+	--pairs $(PAIRS)/train.jsonl seed-train --seed 0 --threads 1
+train-reward-v2: venv
+	$(PY) -m training.safety_reward $(SAFETY_V2_ARGS) --publish-dir rlhf_demo/versions --name reward-v2 --replace $(ARGS)
 eval-reward: venv
 	$(PY) -m training.contrast --reward-model reward-v1 --pairs $(PAIRS)/contrast_val.jsonl
 

@@ -133,6 +133,24 @@ def test_token_logprobs_equal_the_logits_path(roles):
     assert all(p.grad is None for p in roles.params("critic"))
 
 
+def test_token_logprobs_at_a_sampling_temperature_are_the_tempered_distribution(roles):
+    """--temperature T: PPO scores answers under softmax(logits / T), the distribution they were sampled from."""
+    ids, attn, mask, _ = rollout_batch(roles.tokenizer)
+    trunk = roles.trunk(ids, attn)
+    valid = mask.bool()
+    with R.float32_attention(roles.model):
+        logits32 = roles.logits("policy", ids, attn, trunk=trunk)[:, :-1]
+    roles.logit_temperature = 0.7
+    try:
+        logp, _ = roles.token_logprobs("policy", ids, attn, mask, trunk=trunk)
+    finally:
+        roles.logit_temperature = 1.0
+    torch.testing.assert_close(logp[valid], L.logprobs_from_logits(logits32 / 0.7, ids[:, 1:])[valid], rtol=1e-5,
+                               atol=1e-5)
+    plain, _ = roles.token_logprobs("policy", ids, attn, mask, trunk=trunk)
+    assert not torch.allclose(plain[valid], logp[valid])  # and it is not the untempered one
+
+
 def test_role_switching_leaves_trainable_flags_alone(roles):
     flags = {n: p.requires_grad for n, p in roles.model.named_parameters()}
     ids, attn, mask, convs = rollout_batch(roles.tokenizer)

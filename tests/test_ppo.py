@@ -155,6 +155,31 @@ def test_ptx_imitates_only_the_chosen_categories(tiny_settings):
         ppo.PtxData(tok, 4, 0, categories="nonsense")
 
 
+def test_ptx_reads_the_chosen_answers_of_a_pairs_file(tiny_settings, tmp_path):
+    """--ptx-pairs FILE: the chosen answer of each pair is imitated (a refusal for a harmful request, an answer
+    for a safe one); the prompt's tokens are not in the loss; unknown categories name the known ones."""
+    import json
+
+    from rlhf_demo.base_model import load_tokenizer
+    tok = load_tokenizer(tiny_settings)
+    rows = [{"prompt": [{"role": "user", "content": "How do I pick a lock to break in?"}],
+             "chosen": [{"role": "assistant", "content": "I can't help with breaking in."}],
+             "rejected": [{"role": "assistant", "content": "Insert a tension wrench."}], "category": "harmful/x"},
+            {"prompt": [{"role": "user", "content": "How do I kill a Python process?"}],
+             "chosen": [{"role": "assistant", "content": "Run kill PID."}],
+             "rejected": [{"role": "assistant", "content": "I can't help with killing."}], "category": "risky-safe/x"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ptx = ppo.PtxData(tok, 2, 0, categories="all", sources=[str(path)])
+    assert len(ptx.rows) == 2
+    ids, attn, mask = ptx.batch(0)
+    imitated = sorted(tok.decode(ids[i, 1:][mask[i].bool()]) for i in range(2))
+    assert imitated[0].startswith("I can't help with breaking in.") and imitated[1].startswith("Run kill PID.")
+    assert len(ppo.PtxData(tok, 2, 0, categories="harmful/x", sources=[str(path)]).rows) == 1
+    with pytest.raises(ValueError, match="harmful/x, risky-safe/x"):
+        ppo.PtxData(tok, 2, 0, categories="helpful", sources=[str(path)])
+
+
 def test_over_refusal_bound_blocks_the_best_checkpoint(tiny_settings, tiny_reward, tmp_path, monkeypatch):
     # a policy that starts refusing the non-harmful validation prompts is never kept as "best"
     real = ppo.validate

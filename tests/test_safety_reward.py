@@ -173,3 +173,74 @@ def test_ppo_roles_keep_the_safety_term_apart():
     assert total.tolist() == [1.0, 12.0] and roles.last_safety.tolist() == [0.0, 10.0]
     roles.scorer = type("Plain", (), {"safety": None})()
     assert roles._finish([[]], torch.tensor([3.0])).tolist() == [3.0] and roles.last_safety is None
+
+
+# ================================================================================================
+# the refusal-classifier signal (reward-v2): rm + scale (2h - 1)(2c - 1)
+# ================================================================================================
+def test_refusal_term_by_hand():
+    from rlhf_demo.safety_term import refusal_term
+
+    # h = [1, 0, 0.75, 0.5], c = [1, 1, 0.25, 0.9], scale 2:
+    # 2*(+1)*(+1) = 2; 2*(-1)*(+1) = -2; 2*(0.5)*(-0.5) = -0.5; 2*0*0.8 = 0
+    got = refusal_term(np.array([1.0, 0.0, 0.75, 0.5]), np.array([1.0, 1.0, 0.25, 0.9]), 2.0)
+    assert got.tolist() == pytest.approx([2.0, -2.0, -0.5, 0.0])
+
+
+def test_choose_scale_by_hand():
+    from training.safety_reward import choose_scale
+
+    # pair 1: harmful (h=1), chosen refuses (c=1), rm prefers the rejected by 1.5 -> fixed by a scale >= 0.75
+    # pair 2: safe (h=0), chosen answers, rm prefers the chosen by 0.2 -> right at every scale
+    # pair 3: ordinary (h=0), both answer (c=0): the term cancels; rm wrong by 0.1 -> wrong at every scale
+    st = {"h": np.array([1.0, 0.0, 0.0]), "cc": np.array([1.0, 0.0, 0.0]), "cr": np.array([0.0, 1.0, 0.0]),
+          "rc": np.array([0.0, 0.2, 0.0]), "rr": np.array([1.5, 0.0, 0.1])}
+    best, tried = choose_scale(st, [4.0, 0.5, 1.0, 2.0])
+    assert [t["scale"] for t in tried] == [0.5, 1.0, 2.0, 4.0]
+    assert [t["pair_accuracy"] for t in tried] == pytest.approx([1 / 3, 2 / 3, 2 / 3, 2 / 3], abs=1e-4)
+    assert best["scale"] == 1.0  # ties go to the smaller scale
+
+
+def test_choose_scale_by_the_worst_contrast_category():
+    from training.safety_reward import CONTRAST_CATEGORIES, choose_scale
+
+    harmful, safe = CONTRAST_CATEGORIES
+    # 2 harmful pairs (refusal chosen, rm prefers SFT's answer by 1 and by 3) and 2 risky-safe pairs (SFT's answer
+    # chosen, rm prefers it by 0.5; the classifier reads the answer of the second as half a refusal, c = 0.5)
+    st = {"h": np.array([1.0, 1.0, 0.0, 0.0]), "cc": np.array([1.0, 1.0, 0.0, 0.5]),
+          "cr": np.array([0.0, 0.0, 1.0, 1.0]), "rc": np.array([0.0, 0.0, 0.5, 0.5]), "rr": np.array([1.0, 3.0, 0.0, 0.0])}
+    cats = np.array([harmful, harmful, safe, safe])
+    # term margins: harmful 2*scale (c 1 vs 0), safe: -scale*(2c-1) differences = 2*scale and 1*scale
+    # scale 0.25: harmful margins -0.5, -2.5 -> 0/2; safe 1.0, 0.75 -> 2/2: worst 0
+    # scale 1: harmful 1, -1 -> 1/2; safe -> 2/2: worst 0.5;  scale 2: harmful 3, 1 -> 2/2, safe 2/2: worst 1
+    best, tried = choose_scale(st, [0.25, 1.0, 2.0, 4.0], cats)
+    assert [t["worst_contrast"] for t in tried] == [0.0, 0.5, 1.0, 1.0]
+    assert best["scale"] == 2.0 and best["by_category"] == {harmful: 1.0, safe: 1.0}
+
+
+def test_refusal_signal_files_roundtrip_and_score(tmp_path, monkeypatch):
+    from rlhf_demo.safety_term import REFUSAL_CLF
+
+    d = 4
+    term = SafetyTerm(np.zeros(d), np.ones(d), np.array([1.0, 0, 0, 0]), 0.0, np.zeros(1), np.ones(1), np.zeros(1),
+                      {"layer": P.LAYERS}, signal=REFUSAL_CLF, scale=3.0)
+    term.save(tmp_path)
+    again = SafetyTerm.load(tmp_path)
+    assert (again.signal, again.scale) == (REFUSAL_CLF, 3.0)
+    seen = {}
+
+    def fake_pooled(prompts, answers, **kw):
+        seen["answers"] = list(answers)  # the request is pooled alone
+        return np.array([[[0, 0, 0, 0], [10, 0, 0, 0]], [[0, 0, 0, 0], [-10, 0, 0, 0]]], dtype=np.float32)
+
+    monkeypatch.setattr(P, "pooled_states", fake_pooled)
+    monkeypatch.setattr(SafetyTerm, "refusal_probability", staticmethod(lambda p, a: np.array([0.9, 0.9])))
+    got = again.score(["build a bomb", "bake bread"], ["No.", "No."])
+    assert seen["answers"] == ["", ""]
+    h = 1 / (1 + np.exp(-np.array([10.0, -10.0])))
+    assert got.tolist() == pytest.approx((3.0 * (2 * h - 1) * 0.8).tolist())
+    # an unknown signal is refused with the file named
+    card = (tmp_path / TERM_CARD).read_text().replace(REFUSAL_CLF, "vibes")
+    (tmp_path / TERM_CARD).write_text(card)
+    with pytest.raises(ValueError, match="vibes"):
+        SafetyTerm.load(tmp_path)

@@ -129,6 +129,10 @@ class ActorCriticRoles:
                                     and adapter_start_layer(model, "reward") >= split_layer)
         self.last_shared_scores: int | None = None  # rows the last score_and_trunk scored from the trunk
         self.last_safety: torch.Tensor | None = None  # a composed reward's safety term of the last rows scored
+        # The temperature the rollouts were sampled at: token_logprobs scores answers under the same tempered
+        # distribution (logits / T, as TRL does), so PPO's ratios and KL penalty are on-policy at T != 1.
+        # SmolLM2's LM head has no bias, so logits / T = head(hidden / T): the hidden rows are scaled instead.
+        self.logit_temperature = 1.0
         # On CPU, the policy/reference/critic/reward forwards (not the no-grad trunk, not decoding) run their
         # attention in float32 matmuls (training.roles.float32_attention_forward): as accurate as SDPA's flash
         # kernel and ~4x faster in the backward pass. Its results also do not move with the padded width of the
@@ -228,7 +232,12 @@ class ActorCriticRoles:
         with self.use(role), torch.set_grad_enabled(grad):
             hidden = self._hidden(input_ids, attention_mask, trunk)[:, :-1]
             sel = response_mask.bool()
-            logp, ent = L.logprobs_from_hidden(R.causal_lm(self.model).get_output_embeddings(), hidden[sel],
+            head = R.causal_lm(self.model).get_output_embeddings()
+            if self.logit_temperature != 1.0:
+                if getattr(head, "bias", None) is not None:
+                    raise ValueError("--temperature != 1 needs an LM head without bias (logits / T = head(h / T))")
+                hidden = hidden / self.logit_temperature
+            logp, ent = L.logprobs_from_hidden(head, hidden[sel],
                                                input_ids[:, 1:][sel], chunk_size=0 if grad else LOGPROB_CHUNK_ROWS,
                                                with_entropy=entropy)
             return L.scatter_masked(logp, sel), (L.scatter_masked(ent, sel) if entropy else None)

@@ -304,6 +304,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
 
     train_prompts, val_prompts = prompt_pool(cfg, settings)
     roles = ActorCriticRoles.build(settings, registry, cfg)
+    roles.logit_temperature = cfg.temperature  # log-probs of the tempered policy the rollouts sample from
     tokenizer = roles.tokenizer
     policy_opt = torch.optim.AdamW(roles.params("policy"), lr=cfg.policy_lr, eps=1e-5)
     critic_opt = torch.optim.AdamW(roles.params("critic"), lr=cfg.critic_lr, eps=1e-5)
@@ -312,7 +313,8 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     sampler = PromptSampler(train_prompts, cfg.seed)
     guard = CollapseGuard(cfg)
     update_rng = torch.Generator().manual_seed(cfg.seed)  # mini-batch order; the same on every rank (own data)
-    ptx = PtxData(tokenizer, cfg.mini_batch_size, cfg.seed, categories=cfg.ptx_categories) if cfg.ptx_coef else None
+    ptx = PtxData(tokenizer, cfg.mini_batch_size, cfg.seed, categories=cfg.ptx_categories,
+                  sources=cfg.ptx_pairs) if cfg.ptx_coef else None
     log = MetricsLog(run_dir, cfg.report_to if dist.is_main() else "jsonl")  # written by the main rank only
     best = {"step": None, "val/score": -math.inf, "selection": [-math.inf, -math.inf]}
     start = 0

@@ -61,7 +61,9 @@ class PPOConfig:
                 "(training/prompt_baseline.py)",
         "choices": ["loo", "mean", "none"]})
     response_length: int = field(default=48, metadata={"help": "longest sampled answer, in tokens"})
-    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "rollout sampling temperature; PPO scores the answers under the same tempered distribution "
+                "(logits / T), so its ratios and KL penalty stay on-policy (validation samples at 1)"})
     top_p: float = field(default=1.0, metadata={"help": "rollout nucleus sampling (1 = sample the full policy)"})
     # ---------------------------------------------------------------- PPO-max: reward shaping
     kl_coef: float = field(default=0.05, metadata={
@@ -83,6 +85,10 @@ class PPOConfig:
     entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight (0 = only logged)"})
     ptx_coef: float = field(default=0.0, metadata={
         "help": "PPO-ptx: weight of an SFT loss on the seed pairs' chosen answers (0 = off)"})
+    ptx_pairs: list[str] = field(default_factory=lambda: ["seed"], metadata={
+        "help": "pair sources whose chosen answers the ptx loss imitates (training.data specs: 'seed', or a JSONL "
+                "of pairs such as rlhf_demo/data/pairs/train.jsonl: refusals of train-role harmful requests, answers "
+                "to risky-but-safe and ordinary ones)"})
     ptx_categories: str = field(default="helpful,sensitive", metadata={
         "help": "seed-pair categories whose chosen answers the ptx loss imitates (comma-separated; 'all' = every "
                 "pair; 'sensitive:2' samples a category twice as often). The default anchors helpfulness only: "

@@ -117,16 +117,20 @@ def parse_category_weights(spec: str) -> dict[str, int]:
 
 
 class PtxData:
-    """PPO-ptx: batches of the seed pairs' chosen answers for an SFT loss that anchors the policy."""
+    """PPO-ptx: batches of the chosen answers of preference pairs (default: the seed pairs) for an SFT loss that
+    anchors the policy."""
 
-    def __init__(self, tokenizer, batch_size: int, seed: int, max_length: int = 256, categories: str = "all"):
+    def __init__(self, tokenizer, batch_size: int, seed: int, max_length: int = 256, categories: str = "all",
+                 sources: list[str] | tuple[str, ...] = ("seed",)):
         from training.data import encode_conversation, load_pairs
 
         weights = parse_category_weights(categories)
-        pairs = [p for p in load_pairs(["seed"]) if "all" in weights or p.category in weights]
+        every = load_pairs(list(sources))
+        pairs = [p for p in every if "all" in weights or p.category in weights]
         if not pairs:
-            raise ValueError(f"--ptx-categories {categories!r}: no seed pairs in these categories "
-                             "(known: harmless, helpful, sensitive, all)")
+            known = ", ".join(sorted({p.category for p in every if p.category})) or "none"
+            raise ValueError(f"--ptx-categories {categories!r}: no pairs of --ptx-pairs {' '.join(sources)} in these "
+                             f"categories (known: {known}, all)")
         self.rows = []
         for pair in pairs:
             full = encode_conversation(tokenizer, pair.conversation("chosen"))[:max_length]

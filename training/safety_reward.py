@@ -25,6 +25,17 @@ reward version's directory (``safety_term.npz`` + ``safety_term.json``) next to 
 head, so a composed version loads like any other (:class:`training.roles.RewardScorer` adds the term).
 
     python -m training.safety_reward --base-reward reward-v0 --name reward-v1   # ~10 min, 1 thread
+
+``--signal refusal-clf-v1`` (reward-v2) keeps ``h`` and replaces ``v . z`` by the refusal classifier's verdict::
+
+    reward(p, a) = rm(p, a) + scale * (2 h(p) - 1) * (2 c(p, a) - 1)
+
+where ``c`` is the probability that the answer is a refusal (:mod:`rlhf_demo.refusal.clf`, which reads the text).
+Nothing is fitted for the answer side; ``scale`` is chosen among ``--scales`` on the training pairs (the rule,
+:func:`choose_scale`: the highest worst accuracy over the two contrast categories — a refusal beats SFT's answer
+to a harmful request, SFT's answer beats a refusal of a risky-but-safe one); validation pairs are reported only.
+
+    python -m training.safety_reward --signal refusal-clf-v1 --harm-probe-from reward-v1 --name reward-v2
 """
 
 from __future__ import annotations
@@ -43,7 +54,8 @@ import numpy as np
 
 from rlhf_demo import probes as P
 
-from rlhf_demo.safety_term import TERM_CARD, TERM_FILE, SafetyTerm, gate, last_user, safety_term  # noqa: F401
+from rlhf_demo.safety_term import (LINEAR, REFUSAL_CLF, SIGNALS, TERM_CARD, TERM_FILE, SafetyTerm,  # noqa: F401
+                                   gate, last_user, refusal_term, safety_term)
 
 
 # ================================================================================================
@@ -104,6 +116,14 @@ class SafetyConfig:
         "help": "training pairs to fit v on: training.build_pairs' train.jsonl (train-role prompts only) and "
                 f"'{SEED_TRAIN}' (the 80%% of the seed pairs reward-v0 trained on, so the term keeps what rm knows)"})
     name: str = dataclasses.field(default="reward-v1", metadata={"help": "version name to publish"})
+    signal: str = dataclasses.field(default=LINEAR, metadata={
+        "help": f"what reads the answer: '{LINEAR}' (a vector v fitted on the pooled answer state, reward-v1) or "
+                f"'{REFUSAL_CLF}' (the refusal classifier's probability that the answer is a refusal, reward-v2)"})
+    scales: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0], metadata={
+        "help": f"with --signal {REFUSAL_CLF}: the term sizes tried (chosen by pair accuracy on --pairs)"})
+    harm_probe_from: str = dataclasses.field(default="", metadata={
+        "help": "copy the prompt-harm probe from this composed reward version instead of fitting it again "
+                "(e.g. reward-v1: same prompts, same seed, same probe; saves the pooling of ~2,000 prompts)"})
     publish_dir: str = dataclasses.field(default="", metadata={
         "help": "publish into this folder (e.g. rlhf_demo/versions, shipped) instead of the data dir's registry"})
     replace: bool = dataclasses.field(default=False, metadata={"help": "with --publish-dir: replace a version of that name"})
@@ -219,7 +239,7 @@ def sha256(path: Path) -> str:
 def build(cfg: SafetyConfig, settings, argv: list[str] | None = None) -> dict:
     import torch
 
-    from rlhf_demo.registry import Registry, publish_to, software_versions
+    from rlhf_demo.registry import Registry
     from rlhf_demo.splits import normalize_text
     from training.roles import load_reward_scorer, resolve_reward_version
 
@@ -233,18 +253,36 @@ def build(cfg: SafetyConfig, settings, argv: list[str] | None = None) -> dict:
     cache_path = Path(cfg.cache) if cfg.cache else None
     cache = dict(np.load(cache_path)) if cache_path and cache_path.exists() else {}
 
+    if cfg.signal not in SIGNALS:
+        raise ValueError(f"--signal {cfg.signal!r}: one of {', '.join(SIGNALS)}")
     # 1. the prompt-harm probe, on train-role prompts; its settings by cross-validation on them
-    texts, y, risky = _train_prompts(cfg)
-    if "prompts|x" not in cache:
-        cache["prompts|x"] = P.pooled_states(texts, [""] * len(texts))[:, 1]
-    x = cache["prompts|x"]
-    print(f"[safety] {len(texts)} train-role prompts ({int(y.sum())} harmful, {int(risky.sum())} risky-but-safe) "
-          f"pooled in {time.time() - t0:.0f}s", file=sys.stderr)
-    best, tried = _choose_harm_probe(cfg, x, y, risky, [normalize_text(t) for t in texts])
-    hm, hs, hw, hb = fit_harm_probe(x, y, risky, best["l2"], best["risky_weight"])
+    if cfg.harm_probe_from:
+        source = resolve_reward_version(settings, cfg.harm_probe_from)
+        donor = SafetyTerm.load(source.path)
+        if donor is None:
+            raise ValueError(f"--harm-probe-from {source.name}: it has no {TERM_FILE} (not a composed version)")
+        hm, hs, hw, hb = donor.harm_mean, donor.harm_scale, donor.harm_weight, donor.harm_bias
+        harm_card = {**donor.card["harm_probe"], "copied_from": source.name,
+                     "sha256": sha256(source.path / TERM_FILE)}
+        print(f"[safety] prompt-harm probe copied from {source.name}", file=sys.stderr)
+    else:
+        texts, y, risky = _train_prompts(cfg)
+        if "prompts|x" not in cache:
+            cache["prompts|x"] = P.pooled_states(texts, [""] * len(texts))[:, 1]
+        x = cache["prompts|x"]
+        print(f"[safety] {len(texts)} train-role prompts ({int(y.sum())} harmful, {int(risky.sum())} risky-but-safe) "
+              f"pooled in {time.time() - t0:.0f}s", file=sys.stderr)
+        best, tried = _choose_harm_probe(cfg, x, y, risky, [normalize_text(t) for t in texts])
+        hm, hs, hw, hb = fit_harm_probe(x, y, risky, best["l2"], best["risky_weight"])
+        harm_card = {"chosen": best, "tried": tried, "prompts": {"n": len(texts), "harmful": int(y.sum()),
+                                                               "risky_safe": int(risky.sum())}}
+
+    scorer = load_reward_scorer(settings, base.name, batch_size=16)
+    if cfg.signal == REFUSAL_CLF:
+        return _build_refusal_term(cfg, settings, argv, base, scorer, (hm, hs, hw, hb), harm_card, cache,
+                                   cache_path, t0)
 
     # 2. v, pairwise on the training pairs with the reward model's margin as offset
-    scorer = load_reward_scorer(settings, base.name, batch_size=16)
     rows, parts = [], []
     for i, spec in enumerate(cfg.pairs):
         rws = _pair_rows(Path(spec))
@@ -275,13 +313,105 @@ def build(cfg: SafetyConfig, settings, argv: list[str] | None = None) -> dict:
 
     # 3. validation numbers for the card (reported; nothing above looked at them)
     term = SafetyTerm(hm, hs, hw, hb, am, asc, v, {})
+    report = _report(cfg, lambda rws, tag: _states(rws, scorer, cache, tag),
+                     lambda s: (term.from_states(s["sc"])[0], term.from_states(s["sr"])[0]), cache, cache_path)
+    command = "python -m training.safety_reward " + " ".join(argv if argv is not None else sys.argv[1:])
+    term.card = {"layer": P.LAYERS, "formula": "rm(p, a) + (2 h(p) - 1) * (v . z(p, a))",
+                 "harm_probe": harm_card,
+                 "answer_vector": {"chosen": v_best, "tried": v_tried},
+                 "pairs": [{"spec": spec, "sha256": _digest(spec)} for spec in cfg.pairs] + [{"n": len(rows)}],
+                 "validation": report, "command": command, "seconds": round(time.time() - t0, 1)}
+    summary = {"validation": report, "harm_probe": harm_card.get("chosen"), "answer_vector": v_best}
+    return _publish(cfg, settings, base, term, report, command, summary)
+
+
+def _refusal_states(rows: list[dict], scorer, term: SafetyTerm, cache: dict, tag: str) -> dict:
+    """Per pair: the request's ``h``, the refusal probabilities of both answers and the raw reward scores."""
+    if f"{tag}|cc" in cache:
+        return {k: cache[f"{tag}|{k}"] for k in ("h", "cc", "cr", "rc", "rr")}
+    prompts = [last_user(r["prompt"] + r["chosen"]) for r in rows]
+    ch = [r["chosen"][-1].get("content", "") for r in rows]
+    rj = [r["rejected"][-1].get("content", "") for r in rows]
+    c = term.refusal_probability(prompts + prompts, ch + rj)
+    out = {"h": term.request_harm(prompts), "cc": c[:len(rows)], "cr": c[len(rows):],
+           "rc": np.array(scorer.score_raw([r["prompt"] + r["chosen"] for r in rows])),
+           "rr": np.array(scorer.score_raw([r["prompt"] + r["rejected"] for r in rows]))}
+    cache.update({f"{tag}|{k}": v for k, v in out.items()})
+    return out
+
+
+# The training pairs whose two answers are what PPO will weigh against each other: the SFT policy's own answer
+# vs a refusal, on a harmful request (the refusal should win) and on a risky-but-safe one (the answer should win).
+CONTRAST_CATEGORIES = ("harmful/refusal>sft", "risky-safe/sft>refusal")
+
+
+def choose_scale(st: dict, scales: list[float], categories: np.ndarray | None = None) -> tuple[dict, list[dict]]:
+    """The scale of ``rm + refusal_term`` by pair accuracy on the training pairs.
+
+    The rule: the highest *worst* accuracy over :data:`CONTRAST_CATEGORIES` (both directions of the trade a
+    policy faces: refuse the harmful, answer the risky-but-safe), then the highest overall accuracy, then the
+    smaller scale. Without category labels (or without those categories), the overall accuracy alone."""
+    cats = np.asarray(categories if categories is not None else [""] * len(st["h"]))
+    present = [c for c in CONTRAST_CATEGORIES if (cats == c).any()]
+    tried = []
+    for sc in sorted(scales):
+        wins = (st["rc"] + refusal_term(st["h"], st["cc"], sc)) > (st["rr"] + refusal_term(st["h"], st["cr"], sc))
+        t = {"scale": sc, "pair_accuracy": round(float(wins.mean()), 4)}
+        if present:
+            t["by_category"] = {c: round(float(wins[cats == c].mean()), 4) for c in present}
+            t["worst_contrast"] = min(t["by_category"].values())
+        tried.append(t)
+    best = max(tried, key=lambda t: (t.get("worst_contrast", 0.0), t["pair_accuracy"], -t["scale"]))
+    return best, tried
+
+
+def _build_refusal_term(cfg: SafetyConfig, settings, argv, base, scorer, harm: tuple, harm_card: dict, cache: dict,
+                        cache_path: Path | None, t0: float) -> dict:
+    """reward-v2: ``rm + scale (2h - 1)(2c - 1)``; the scale chosen on the training pairs, validation reported."""
+    d = len(harm[0])
+    term = SafetyTerm(*harm, np.zeros(1), np.ones(1), np.zeros(1), {}, signal=REFUSAL_CLF)
+    parts, rows = [], []
+    for spec in cfg.pairs:
+        rws = _pair_rows(Path(spec))
+        parts.append(_refusal_states(rws, scorer, term, cache, f"refusal:{spec}"))
+        rows += rws
+        if cache_path:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache_path, **cache)
+    st = {k: np.concatenate([p[k] for p in parts]) for k in ("h", "cc", "cr", "rc", "rr")}
+    best, tried = choose_scale(st, cfg.scales, np.array([r.get("category") or "" for r in rows]))
+    for t in tried:
+        print(f"[safety] scale {t['scale']:g}: training-pair accuracy {t['pair_accuracy']:.3f}, by contrast category "
+              f"{t.get('by_category')}", file=sys.stderr)
+    term.scale = best["scale"]
+    report = _report(cfg, lambda rws, tag: _refusal_states(rws, scorer, term, cache, f"refusal-report:{tag}"),
+                     lambda s: (refusal_term(s["h"], s["cc"], term.scale), refusal_term(s["h"], s["cr"], term.scale)),
+                     cache, cache_path)
+    command = "python -m training.safety_reward " + " ".join(argv if argv is not None else sys.argv[1:])
+    from rlhf_demo.refusal.clf import CLF_DIR, CLF_NAME
+
+    term.card = {"layer": P.LAYERS, "formula": "rm(p, a) + scale * (2 h(p) - 1) * (2 c(p, a) - 1)",
+                 "harm_probe": harm_card, "harm_dims": d,
+                 "refusal_classifier": {"name": CLF_NAME, "sha256": sha256(CLF_DIR / "weights.npz")},
+                 "scale_choice": {"chosen": best, "tried": tried, "rule": "highest worst accuracy over the training "
+                                  "pairs of " + " and ".join(CONTRAST_CATEGORIES) + ", then overall, then the smaller scale"},
+                 "pairs": [{"spec": spec, "sha256": _digest(spec)} for spec in cfg.pairs] + [{"n": len(rows)}],
+                 "validation": report, "command": command, "seconds": round(time.time() - t0, 1)}
+    summary = {"validation": report, "scale": best, "scales_tried": tried}
+    return _publish(cfg, settings, base, term, report, command, summary)
+
+
+def _report(cfg: SafetyConfig, states_of, terms_of, cache: dict, cache_path: Path | None) -> dict:
+    """Pair accuracy of rm alone and of rm + term on each ``--report-pairs`` set, overall and per category.
+
+    ``states_of(rows, tag)`` -> the states of those pairs (with raw scores ``rc``/``rr``); ``terms_of(states)`` ->
+    the term of the chosen and of the rejected answers."""
     report = {}
     for spec in cfg.report_pairs:
         tag, _, path = spec.partition("=")
         rws = _pair_rows(Path(path))
-        s = _states(rws, scorer, cache, tag)
-        tc, _ = term.from_states(s["sc"])
-        tr_, _ = term.from_states(s["sr"])
+        s = states_of(rws, tag)
+        tc, tr_ = terms_of(s)
         cats = [r.get("category") or r.get("kind") or tag for r in rws]
         per = {}
         for c in sorted(set(cats)):
@@ -295,25 +425,25 @@ def build(cfg: SafetyConfig, settings, argv: list[str] | None = None) -> dict:
             np.savez(cache_path, **cache)
         print(f"[safety] {tag}: composed {report[tag]['composed']:.3f} (rm alone {report[tag]['rm_alone']:.3f}, "
               f"n={len(rws)})", file=sys.stderr)
-    command = "python -m training.safety_reward " + " ".join(argv if argv is not None else sys.argv[1:])
-    term.card = {"layer": P.LAYERS, "formula": "rm(p, a) + (2 h(p) - 1) * (v . z(p, a))",
-                 "harm_probe": {"chosen": best, "tried": tried, "prompts": {"n": len(texts), "harmful": int(y.sum()),
-                                                                           "risky_safe": int(risky.sum())}},
-                 "answer_vector": {"chosen": v_best, "tried": v_tried},
-                 "pairs": [{"spec": spec, "sha256": _digest(spec)} for spec in cfg.pairs] + [{"n": len(rows)}],
-                 "validation": report, "command": command, "seconds": round(time.time() - t0, 1)}
-    summary = {"validation": report, "harm_probe": best, "answer_vector": v_best}
+    return report
+
+
+def _publish(cfg: SafetyConfig, settings, base, term: SafetyTerm, report: dict, command: str, summary: dict) -> dict:
+    from rlhf_demo.registry import publish_to, software_versions
+
     if not cfg.publish:
         return summary
     import tempfile
 
+    what = ("the refusal classifier's verdict, gated by a prompt-harm probe" if term.signal == REFUSAL_CLF
+            else "a safety term fitted on contrastive pairs")
     with tempfile.TemporaryDirectory() as tmp:
         for f in base.path.iterdir():
             if f.is_file() and f.name != "card.json":
                 shutil.copyfile(f, Path(tmp) / f.name)
         term.save(Path(tmp))
         card = {"kind": "reward", "base_model": base.card.get("base_model", settings.base_model),
-                "description": f"{cfg.name}: {base.name}'s reward head plus a safety term fitted on contrastive pairs "
+                "description": f"{cfg.name}: {base.name}'s reward head plus {what} "
                                "(refuse the harmful, answer the safe; training.safety_reward)",
                 "parent": base.name, "composed": {"reward_head_from": base.name, "base_files": base.card.get("files", {}),
                                                   "safety_term": term.card},
