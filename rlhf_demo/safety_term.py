@@ -87,8 +87,12 @@ class SafetyTerm:
         return self.from_states(P.pooled_states(prompts, answers))[0]
 
     def request_harm(self, prompts: list[str]) -> np.ndarray:
-        """``h`` of each request alone (the request's states do not depend on the answer after it)."""
-        return self.harm_probability(P.pooled_states(prompts, [""] * len(prompts))[:, 1])
+        """``h`` of each request alone (the request's states do not depend on the answer after it); each distinct
+        request is pooled once (PPO's grouped rollouts score several answers to one prompt)."""
+        unique = list(dict.fromkeys(prompts))
+        h = self.harm_probability(P.pooled_states(unique, [""] * len(unique))[:, 1])
+        where = {p: i for i, p in enumerate(unique)}
+        return h[[where[p] for p in prompts]]
 
     @staticmethod
     def refusal_probability(prompts: list[str], answers: list[str]) -> np.ndarray:
