@@ -14,7 +14,7 @@ from rlhf_demo.atomic import sha256_file
 from rlhf_demo.registry import Registry
 from training import checkpoint as ckpt
 from training.dpo import DPOConfig, answer_logps, answer_targets, build_parser, main, train
-from training.dpo_losses import dpo_logits, dpo_loss, implicit_rewards, reward_accuracy, token_kl
+from training.dpo_losses import chosen_nll, dpo_logits, dpo_loss, implicit_rewards, reward_accuracy, token_kl
 
 FAST = dict(lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"], max_length=96, progress=False,
             publish=False, logging_steps=1, eval_batch_size=8)
@@ -74,6 +74,16 @@ def test_implicit_rewards_accuracy_and_token_kl_by_hand():
     q = torch.log(t(0.25, 0.75))
     assert token_kl(p, q).item() == pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), abs=1e-6)
     assert token_kl(p, p).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_rpo_chosen_nll_by_hand():
+    # two chosen answers, sums -3 and -1 over 2 tokens each: 4 / 4 = 1 per token
+    assert chosen_nll(t(-3.0, -1.0), t(2.0, 2.0)).item() == pytest.approx(1.0)
+    # per token over the whole batch, as TRL: sums -6 over 3 tokens and -1 over 1 -> 7 / 4 (mean of means: 1.5)
+    assert chosen_nll(t(-6.0, -1.0), t(3.0, 1.0)).item() == pytest.approx(7.0 / 4.0)
+    assert chosen_nll(t(), t()).item() == 0.0
+    with pytest.raises(ValueError, match="shapes"):
+        chosen_nll(t(-1.0), t(1.0, 2.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +233,23 @@ def test_ipo_and_conservative_dpo_train(tiny_settings, tmp_path):
                        on_step=lambda s, i: losses.append(i["loss"]))
         assert losses[-1] < losses[0], (name, losses)
         assert result.metrics["validation"]["eval/accuracy"] > 0.5, name
+
+
+def test_rpo_raises_the_chosen_answers_likelihood_more_than_dpo(tiny_settings, tmp_path):
+    data = learnable_pairs(tmp_path / "pairs.jsonl", 12)
+    common = dict(data=[str(data)], validation_fraction=0.25, batch_size=8, max_steps=6, learning_rate=1e-2,
+                  beta=0.5, warmup_ratio=0.0, lr_scheduler="constant", eval_at_start=False)
+    dpo = train(cfg(tmp_path / "dpo", **common), tiny_settings)
+    rpo = train(cfg(tmp_path / "rpo", rpo_alpha=1.0, **common), tiny_settings)
+    # same seed, same batches: the NLL term lifts log p(chosen) - log p_ref(chosen) on held-out prompts
+    assert rpo.metrics["validation"]["eval/chosen_reward"] > dpo.metrics["validation"]["eval/chosen_reward"] + 0.1
+    rows = [json.loads(x) for x in (tmp_path / "rpo" / "run" / "metrics.jsonl").read_text().splitlines()]
+    nll = [r["train/chosen_nll"] for r in rows if "train/chosen_nll" in r]
+    assert len(nll) == 6 and nll[-1] < nll[0]
+    assert not any("train/chosen_nll" in r for r in
+                   (json.loads(x) for x in (tmp_path / "dpo" / "run" / "metrics.jsonl").read_text().splitlines()))
+    with pytest.raises(ValueError, match="rpo-alpha"):
+        train(cfg(tmp_path / "bad", rpo_alpha=-1.0, **common), tiny_settings)
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ from training import distributed as dist
 from training.data import DataError, batch_order, load_pairs, parse_source, prompt_key, split_by_prompt
 from training.dpo_logps import (all_logps, answer_logps, answer_targets, eval_mode, evaluate, frozen_cache,  # noqa: F401
                                 pair_inputs, plot_curves)
-from training.dpo_losses import dpo_loss, implicit_rewards, reward_accuracy
+from training.dpo_losses import chosen_nll, dpo_loss, implicit_rewards, reward_accuracy
 from training.reward_eval import autocast, encode_all
 from training.scaffold import default_run_dir, load_pair_model, lr_lambda, newest_run, seed_everything
 from training.dpo_config import DPOConfig  # noqa: F401 - the config of this trainer (python -m training.dpo --help)
@@ -75,6 +75,8 @@ def train(config: DPOConfig, settings: Settings, on_step: Callable[[int, dict], 
           command: str | None = None, model=None, tokenizer=None) -> TrainResult:
     """Train a DPO/IPO adapter; ``on_step(step, info)`` runs after every optimizer step (and its checkpoint)."""
     t_start = time.time()
+    if config.rpo_alpha < 0:
+        raise ValueError(f"--rpo-alpha must be >= 0, got {config.rpo_alpha}")
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     settings = dist.init(settings)
@@ -203,6 +205,10 @@ def train(config: DPOConfig, settings: Settings, on_step: Callable[[int, dict], 
                 pc, pr = pair_inputs(lp, config.loss_type)
                 qc, qr = pair_inputs(ref, config.loss_type)
                 loss = dpo_loss(pc, pr, qc, qr, config.beta, config.loss_type, config.label_smoothing)
+                if config.rpo_alpha:
+                    nll = chosen_nll(lp[:, 0], lp[:, 2])
+                    window["train/chosen_nll"] += nll.item() / config.grad_accumulation
+                    loss = loss + config.rpo_alpha * nll
                 (loss / config.grad_accumulation).backward()
                 rc, rr = implicit_rewards(lp[:, 0].detach(), lp[:, 1].detach(), ref[:, 0], ref[:, 1], config.beta)
                 g = config.grad_accumulation

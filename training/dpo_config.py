@@ -33,6 +33,9 @@ class DPOConfig:
         "help": "strength of the KL regularisation to the reference (DPO's beta; IPO's target gap is 1/(2 beta))"})
     label_smoothing: float = field(default=0.0, metadata={
         "help": "conservative DPO: probability that a preference label is wrong, in [0, 0.5) (sigmoid only)"})
+    rpo_alpha: float = field(default=0.0, metadata={
+        "help": "RPO: add this weight times the chosen answers' per-token negative log-likelihood to the loss "
+                "(Pang et al. 2024; TRL's rpo_alpha; 0 = plain DPO/IPO)"})
     # model
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})

@@ -10,6 +10,10 @@ Inputs are per-pair sequence log-probabilities of the chosen and rejected answer
 * IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human Preferences"):
   ``loss = (h - 1/(2β))²``; as in the paper and TRL, ``h`` is computed from length-AVERAGED log-probs (the
   trainer passes averages for ``ipo``, sums for ``sigmoid``).
+* RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL's ``rpo_alpha``): DPO plus
+  ``α ·`` the negative log-likelihood of the chosen answers, per token over the batch (:func:`chosen_nll`) —
+  DPO alone can raise the margin by pushing the rejected answer down while the chosen one barely rises; the NLL
+  term makes the policy *produce* the chosen answers (e.g. sample refusals of harmful requests).
 * Implicit rewards: ``r_c = β·(pc - qc)``, ``r_r = β·(pr - qr)``; margin ``r_c - r_r``; accuracy the share of
   pairs with ``r_c > r_r`` (ties one half).
 * :func:`token_kl`: the exact KL(π‖π_ref) of the next-token distributions at given positions,
@@ -56,6 +60,15 @@ def dpo_loss(pc: Tensor, pr: Tensor, qc: Tensor, qr: Tensor, beta: float = 0.1, 
     else:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
     return loss.mean()
+
+
+def chosen_nll(chosen_logp_sum: Tensor, chosen_tokens: Tensor) -> Tensor:
+    """Negative log-likelihood of the chosen answers per token over the whole batch (TRL's RPO ``nll_loss``):
+    ``-Σ log p(chosen tokens) / Σ chosen tokens`` (a float32 scalar; 0 without tokens)."""
+    lp, n = _flat(chosen_logp_sum), _flat(chosen_tokens)
+    if lp.shape != n.shape:
+        raise ValueError(f"shapes differ: {tuple(lp.shape)} vs {tuple(n.shape)}")
+    return -lp.sum() / n.sum().clamp_min(1.0)
 
 
 def implicit_rewards(pc: Tensor, pr: Tensor, qc: Tensor, qr: Tensor, beta: float) -> tuple[Tensor, Tensor]:
