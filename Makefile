@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow test-all venv bench data train-reward train-reward-v2 train-reward-scalar train-reward-v0 train-ppo-v0 eval-reward train-judge train-ppo train-dpo eval clean help
+.PHONY: run test test-slow test-all venv bench data train-reward train-reward-v2 train-reward-scalar train-reward-v0 train-ppo-v0 eval-reward train-judge train-ppo train-dpo train-dpo-v1 eval clean help
 
 help:
 	@echo "make run        start the arena on http://127.0.0.1:7860 (ARGS='--port 8000 ...')"
@@ -19,9 +19,10 @@ help:
 	@echo "make train-reward  reward-v1: reward-v0 + a safety term fitted on train-role prompts and contrastive pairs; make eval-reward: the contrast test"
 	@echo "make train-reward-v2  reward-v2: reward-v0 + the refusal classifier's verdict gated by the prompt-harm probe"
 	@echo "make train-judge   judge-v0, the helpfulness judge (judge-role data only)"
-	@echo "make train-ppo  rlhf-v1: PPO-max from SFT against reward-v1 (make train-ppo-v0: the rlhf-v0 recipe)"
+	@echo "make train-ppo  rlhf-v1: PPO-max from dpo-v1 against reward-v2 (make train-ppo-v0: the rlhf-v0 recipe)"
 	@echo "make train-dpo  dpo-v0: DPO from SFT on the reward model's pairs (python -m training.dpo)"
-	@echo "make eval       python -m eval --policies sft rlhf-v0 on the default suites"
+	@echo "make train-dpo-v1  dpo-v1: RPO on the contrastive pairs (rlhf-v1's warm start)"
+	@echo "make eval       python -m eval on the default suites, every shipped policy"
 
 venv: $(STAMP)
 
@@ -53,15 +54,18 @@ PPO_V0_ARGS ?= --reward-model reward-v0 --prompts seed --iterations 45 --rollout
 train-ppo-v0: venv
 	$(PY) -m training.ppo $(PPO_V0_ARGS) $(ARGS)
 
-# The rlhf-v1 recipe (run 2026-11-29; NOT shipped — on validation no better than SFT, docs/rlhf-v1/README.md):
-# PPO-max from the SFT model against the composed reward-v1, on a pool balanced between
-# harmful, risky-but-safe and ordinary train-role prompts plus the seed prompts (validation: 48 val-role
-# prompts), no ptx, fresh critic; ~60 min at 1 thread on a shared machine. The checkpoint is chosen on val/refusal_margin within
-# the KL bound and the over-refusal bound (validation prompts only).
-PPO_V1_ARGS ?= --reward-model reward-v1 --prompts mix seed --iterations 60 --rollout-batch-size 16 \
-	--mini-batch-size 8 --ppo-epochs 4 --response-length 48 --lora-layers 8 --policy-lr 2e-4 --critic-lr 3e-4 \
-	--critic-warmup 6 --kl-coef 0.05 --ptx-coef 0 --eos-penalty 0 --val-prompts 48 --eval-every 10 \
-	--best-metric val/refusal_margin --seed 0 --dtype bfloat16 --threads 1 --publish-dir rlhf_demo/versions --name rlhf-v1
+# The shipped rlhf-v1 (docs/rlhf-v1/run7): PPO-max from the RPO warm start dpo-v1 against reward-v2, on a pool half
+# harmful, half risky-but-safe and ordinary train-role prompts (plus the seed prompts), 4 answers per prompt with a
+# leave-one-out baseline, rollouts at temperature 0.7 (on-policy), no ptx, EOS penalty on; 30 iterations, ~12 min at
+# 2 threads. The checkpoint is chosen on val/refusal_margin within the KL bound and the over-refusal bound (48
+# val-role prompts), then checked on 180 labelled val-role prompts before shipping. Needs reward-v2 and dpo-v1
+# (make train-reward-v2, make train-dpo-v1). rlhf-v1 is shipped, so rerun it under another name:
+# make train-ppo ARGS='--name rlhf-v1b'. Run 1's recipe (reward-v1 from SFT, not shipped): docs/rlhf-v1/README.md.
+PPO_V1_ARGS ?= --reward-model reward-v2 --init-policy dpo-v1 --prompts mix:harmful=288,risky=144,ordinary=144 seed \
+	--iterations 30 --rollout-batch-size 16 --mini-batch-size 8 --ppo-epochs 4 --response-length 48 --lora-layers 8 \
+	--policy-lr 2e-4 --critic-lr 3e-4 --critic-warmup 6 --kl-coef 0.05 --ptx-coef 0 --eos-penalty -1 --val-prompts 48 \
+	--eval-every 10 --best-metric val/refusal_margin --seed 0 --dtype bfloat16 --threads 2 --samples-per-prompt 4 \
+	--prompt-baseline loo --temperature 0.7 --publish-dir rlhf_demo/versions --name rlhf-v1
 train-ppo: venv
 	$(PY) -m training.ppo $(PPO_V1_ARGS) $(ARGS)
 
@@ -77,8 +81,19 @@ train-dpo: venv
 	$(PY) -m training.dpo $(DPO_V0_ARGS) --publish-dir rlhf_demo/versions --name dpo-v0 --replace \
 		--description "dpo-v0: DPO on the reward model's pairs (make train-dpo)" $(ARGS)
 
+# dpo-v1 (shipped as rlhf-v1's warm start; docs/rlhf-v1/run6): RPO = DPO + the chosen answers' per-token NLL (alpha 1)
+# on the contrastive train pairs only, 2 epochs, lr 2e-4; ~9 min at 2 threads. It makes the policy *sample* refusals of
+# harmful requests (plain DPO does not: it lowers both answers' likelihood). On validation it halves harmful
+# compliance but refuses 22% of ordinary prompts: served for comparison, not as an improvement.
+DPO_V1_ARGS ?= --data built=$(PAIRS)/train.jsonl --validation-fraction 0.2 --max-length 256 --lora-r 16 --lora-alpha 32 \
+	--lora-layers 8 --bf16 --epochs 2 --batch-size 8 --learning-rate 2e-4 --beta 0.1 --rpo-alpha 1.0 --no-eval-at-start \
+	--save-steps 50 --seed 0 --threads 2
+train-dpo-v1: venv
+	$(PY) -m training.dpo $(DPO_V1_ARGS) --publish-dir rlhf_demo/versions --name dpo-v1 --replace \
+		--description "dpo-v1: RPO on the contrastive pairs, rlhf-v1's warm start (make train-dpo-v1)" $(ARGS)
+
 eval: venv
-	$(PY) -m eval --policies sft rlhf-v0 $(ARGS)
+	$(PY) -m eval --policies sft rlhf-v0 dpo-v0 dpo-v1 rlhf-v1 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
