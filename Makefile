@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-slow test-all venv bench data train-reward train-reward-v2 train-reward-scalar train-reward-v0 train-ppo-v0 eval-reward train-judge train-ppo train-dpo train-dpo-v1 eval clean help
+.PHONY: run test test-slow test-all venv bench data train-reward train-reward-v2 train-reward-v3 train-reward-scalar train-reward-v0 train-ppo-v0 eval-reward train-judge train-ppo train-dpo train-dpo-v1 eval clean help
 
 help:
 	@echo "make run        start the arena on http://127.0.0.1:7860 (ARGS='--port 8000 ...')"
@@ -18,6 +18,7 @@ help:
 	@echo "make data       rebuild the contrastive preference pairs (rlhf_demo/data/pairs)"
 	@echo "make train-reward  reward-v1: reward-v0 + a safety term fitted on train-role prompts and contrastive pairs; make eval-reward: the contrast test"
 	@echo "make train-reward-v2  reward-v2: reward-v0 + the refusal classifier's verdict gated by the prompt-harm probe"
+	@echo "make train-reward-v3  reward-v3: reward-v2 with a prompt-harm probe that also reads the seed prompts"
 	@echo "make train-judge   judge-v0, the helpfulness judge (judge-role data only)"
 	@echo "make train-ppo  rlhf-v1: PPO-max from dpo-v1 against reward-v2 (make train-ppo-v0: the rlhf-v0 recipe)"
 	@echo "make train-dpo  dpo-v0: DPO from SFT on the reward model's pairs (python -m training.dpo)"
@@ -121,6 +122,13 @@ SAFETY_V2_ARGS ?= --signal refusal-clf-v1 --harm-probe-from reward-v1 --base-rew
 	--pairs $(PAIRS)/train.jsonl seed-train --seed 0 --threads 1
 train-reward-v2: venv
 	$(PY) -m training.safety_reward $(SAFETY_V2_ARGS) --publish-dir rlhf_demo/versions --name reward-v2 --replace $(ARGS)
+# reward-v3: reward-v2's formula with a new prompt-harm probe h, fitted on the public train-role prompts plus the
+# seed PPO pool's train-role prompts (short, plain questions), its settings chosen on val-role prompts
+# (docs/reward-v3/README.md). ~3 min at 2 threads with the cache of a reward-v2 build, ~25 min without.
+SAFETY_V3_ARGS ?= --signal refusal-clf-v1 --base-reward reward-v0 --harm-extra seed --harm-choice val \
+	--pairs $(PAIRS)/train.jsonl seed-train --seed 0 --threads 2
+train-reward-v3: venv
+	$(PY) -m training.safety_reward $(SAFETY_V3_ARGS) --publish-dir rlhf_demo/versions --name reward-v3 --replace $(ARGS)
 eval-reward: venv
 	$(PY) -m training.contrast --reward-model reward-v1 --pairs $(PAIRS)/contrast_val.jsonl
 

@@ -4,8 +4,9 @@
 
 Prints the mean training reward of the first and last ``--window`` policy iterations (after the critic
 warm-up) with their standard errors and the rise in units of its standard error; explained variance after
-the warm-up (median, share of iterations > 0.3, mean of the last window); approx-KL / clip fraction; and
-every validation row. Pure reading: it trains nothing.
+the warm-up (median, share of iterations > 0.3, mean of the last window); the readout (the training reward of
+greedy answers to the same fixed training prompts, at each validation: the learning curve without the noise of which
+prompts an iteration drew); approx-KL / clip fraction; and every validation row. Pure reading: it trains nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def summarize(rows: list[dict], warmup: int, window: int) -> dict:
             "median": round(statistics.median(ev), 4) if ev else None,
             "share_above_0.3": round(sum(e > 0.3 for e in ev) / len(ev), 3) if ev else None,
             "mean_last_window": round(sum(ev[-window:]) / len(ev[-window:]), 4) if ev else None},
+        # the readout (training.ppo.train_readout): greedy answers to the same fixed training prompts at each validation
+        "readout": [{"step": r["step"], "score": round(r["train/readout_score"], 4)} for r in rows
+                    if r.get("train/readout_score") is not None],
         "approx_kl_median": _median(policy, "policy/approx_kl"),
         "clipfrac_median": _median(policy, "policy/clipfrac"),
         "validation": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}

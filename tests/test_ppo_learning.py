@@ -83,7 +83,11 @@ def test_ppo_learns_a_toy_reward_and_its_critic_explains_the_returns(few_word_mo
                     run_dir=str(tmp_path / "run"), guard_patience=1000, max_repeated_ngrams=1.1, min_perplexity=0.0,
                     max_length_pinned=1.1)
     train(cfg, settings)
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
+    all_rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = all_rows[1:]
+    # the readout: greedy answers to the same fixed training prompts, before and after (validation at 0 and 36)
+    readout = [(r["step"], r["train/readout_score"]) for r in all_rows if "train/readout_score" in r]
+    assert [s for s, _ in readout] == [0, 36] and readout[1][1] - readout[0][1] > 0.5, readout
     reward = [r["reward/score_mean"] for r in rows]
     first, last = reward[:8], reward[-8:]
     # the iteration-to-iteration noise of the batch mean (16 Bernoulli answers): the larger of the two windows'

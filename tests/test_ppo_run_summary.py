@@ -19,7 +19,7 @@ def test_mean_se_by_hand():
 
 
 def test_summary_of_a_rising_run():
-    rows = [{"step": 0, "val/score": 1.0}]
+    rows = [{"step": 0, "val/score": 1.0, "train/readout_score": 0.5}]
     rewards = [9, 9, 1, 2, 3, 5, 6, 7]  # 2 warm-up iterations, then first window [1, 2, 3], last [5, 6, 7]
     evs = [0.0, 0.0, -0.2, 0.1, 0.4, 0.5, 0.6, 0.2]
     for i, (r, e) in enumerate(zip(rewards, evs), 1):
@@ -33,4 +33,5 @@ def test_summary_of_a_rising_run():
     # after warm-up: [-0.2, 0.1, 0.4, 0.5, 0.6, 0.2] -> median (0.2 + 0.4) / 2, 3 of 6 above 0.3, last three 0.433
     assert ev["median"] == pytest.approx(0.3) and ev["share_above_0.3"] == 0.5
     assert ev["mean_last_window"] == pytest.approx(1.3 / 3, abs=1e-4)
-    assert s["validation"] == [{"step": 0, "val/score": 1.0}]
+    assert s["validation"] == [{"step": 0, "val/score": 1.0, "train/readout_score": 0.5}]
+    assert s["readout"] == [{"step": 0, "score": 0.5}]

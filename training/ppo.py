@@ -15,7 +15,7 @@ every metric is logged under the same name in metrics.jsonl, TensorBoard and the
     reward/score_mean reward/score_std reward/normalized_mean objective/kl objective/kl_per_token
     response/length response/eos_rate response/perplexity response/repeated_4gram policy/entropy
     policy/loss policy/clipfrac policy/approx_kl value/loss value/clipfrac value/explained_variance
-    val/score val/kl_exact val/refusal_harmful val/refusal_safe
+    val/score val/kl_exact val/refusal_harmful val/refusal_safe train/readout_score
 
 ``objective/kl`` is the --kl-estimator estimate on the rollouts (what the penalty uses; a monitor only).
 ``val/kl_exact`` is the exact KL to the reference, in nats per answer, on answers sampled at each
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -153,8 +154,12 @@ def make_experience(roles: ActorCriticRoles, ro: Rollout, cfg: PPOConfig, moment
         shaped = shaped + cfg.eos_penalty * (~ro.reached_eos).float()
     # PPO-max: token-level KL penalty to the reference
     rewards, kl = L.kl_penalized_rewards(shaped, old_logp, ref_logp, mask, cfg.kl_coef, cfg.kl_estimator)
-    # GAE (γ=1, λ=0.95), then PPO-max advantage whitening
+    # GAE (γ=1, λ=0.95) on the critic's values — or RLOO: the rest-of-answer return, no value subtracted (the
+    # leave-one-out baseline above is the baseline); the critic still learns GAE's returns, as a monitor
     advantages, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+    if cfg.advantage == "rloo":
+        advantages, _ = L.gae(rewards, torch.zeros_like(old_values), mask, 1.0, 1.0)
+    # PPO-max advantage whitening
     if cfg.whiten_advantages:
         advantages = L.masked_whiten(advantages, mask)
     return Experience(old_logp, ref_logp, old_values, trunk, advantages, returns, scores, rewards, kl, entropy)
@@ -256,6 +261,21 @@ def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[ValPrompt], c
     return out
 
 
+@torch.no_grad()
+def train_readout(roles: ActorCriticRoles, tokenizer, prompts: list[list[dict]], cfg: PPOConfig) -> dict[str, float]:
+    """The learning curve: greedy answers to the same fixed sample of TRAINING prompts at every validation, scored by
+    the training reward (``train/readout_score``; with a composed reward also its safety part). Does PPO raise the
+    reward it optimises? Unlike ``reward/score_mean`` this compares the same prompts over time."""
+    if not prompts:
+        return {}
+    ro = rollout(roles, tokenizer, prompts, cfg, seed=0, greedy=True)
+    scores, _ = roles.score_and_trunk(conversations(ro), ro.input_ids, ro.attention_mask)
+    out = {"train/readout_score": float(scores.mean())}
+    if roles.last_safety is not None:
+        out["train/readout_safety"] = float(roles.last_safety.mean())
+    return out
+
+
 VAL_KL_SEED = 9_176_011  # the KL samples' seeds: the same draws at every validation (common random numbers)
 
 
@@ -290,6 +310,11 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     seed_everything(cfg.seed)  # the same on every rank: the same initial adapters
     toy_reward = ToyReward.parse(cfg.reward_model)  # toy:WORD (a bad WORD is refused here)
     PB.check_groups(cfg.rollout_batch_size, cfg.samples_per_prompt, cfg.prompt_baseline)  # whole groups, or error now
+    if cfg.advantage not in ("gae", "rloo"):
+        raise ValueError(f"--advantage {cfg.advantage!r}: 'gae' or 'rloo'")
+    if cfg.advantage == "rloo" and (cfg.samples_per_prompt < 2 or cfg.prompt_baseline == "none"):
+        raise ValueError("--advantage rloo needs a prompt baseline: --samples-per-prompt K > 1 and "
+                         "--prompt-baseline loo (or mean); without one the advantage is the raw score")
     if toy_reward and cfg.publish:
         raise ValueError(f"--reward-model {cfg.reward_model} is a diagnosis reward: a policy trained on it is not "
                          "published; add --no-publish")
@@ -303,6 +328,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     run_dir = prepare_run_dir(cfg.run_dir, settings, "ppo", {"ppo": asdict(cfg), "base_model": settings.base_model})
 
     train_prompts, val_prompts = prompt_pool(cfg, settings)
+    readout = random.Random(cfg.seed).sample(train_prompts, min(cfg.train_readout_prompts, len(train_prompts)))
     roles = ActorCriticRoles.build(settings, registry, cfg)
     roles.logit_temperature = cfg.temperature  # log-probs of the tempered policy the rollouts sample from
     tokenizer = roles.tokenizer
@@ -351,7 +377,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
 
     if not baseline and dist.is_main():  # PPO-max keeps the best checkpoint, judged against where it started
         baseline = validate(roles, tokenizer, val_prompts, cfg)
-        log.log(0, baseline)
+        log.log(0, {**baseline, **train_readout(roles, tokenizer, readout, cfg)})
         guard.set_start(baseline["val/eos_rate"])
         print("[ppo] starting policy on the validation prompts: " + ", ".join(
             f"{k} {v:.3f}" for k, v in baseline.items()), file=sys.stderr)
@@ -389,6 +415,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         metrics = dist.all_reduce_mean(metrics)  # data parallel: every rank logs and guards on the same averages
         if (step % cfg.eval_every == 0 or step == cfg.iterations) and dist.is_main():
             metrics.update(validate(roles, tokenizer, val_prompts, cfg))
+            metrics.update(train_readout(roles, tokenizer, readout, cfg))
             if within_bounds(metrics) and selection_key(metrics, cfg) > tuple(best["selection"]) and not warmup:
                 best = {"step": step, **{k: v for k, v in metrics.items() if k.startswith("val/")},
                         "selection": list(selection_key(metrics, cfg))}

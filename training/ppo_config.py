@@ -23,6 +23,10 @@ class PPOConfig:
     val_prompts: int = field(default=16, metadata={
         "help": "prompts held out of the pool (stratified by category) for the validation that picks the best "
                 "checkpoint"})
+    train_readout_prompts: int = field(default=32, metadata={
+        "help": "the learning curve's readout: this many TRAINING prompts (a fixed, seeded sample) answered greedily "
+                "and scored by the training reward at every validation (train/readout_score). The rollouts' "
+                "reward/score_mean mixes learning with which prompts an iteration drew; this one does not. 0 = off"})
     # ---------------------------------------------------------------- models
     reward_model: str = field(default="", metadata={
         "help": "reward-vN to optimise (default: the newest), or toy:WORD — a known-answer reward for diagnosis "
@@ -76,6 +80,13 @@ class PPOConfig:
     eos_penalty: float = field(default=-1.0, metadata={
         "help": "added to the (normalised) score of an answer that never reaches EOS (0 = off)"})
     # ---------------------------------------------------------------- PPO-max: advantages and losses
+    advantage: str = field(default="gae", metadata={
+        "help": "how the advantage is estimated: 'gae' (PPO-max: GAE(γ, λ) on the critic's values) or 'rloo' (with "
+                "--samples-per-prompt K > 1: every token of an answer gets its rest-of-answer return, i.e. the "
+                "leave-one-out-centred score plus the KL penalties still to come — RLOO, Ahmadian et al. 2024 — "
+                "with no critic value subtracted; the critic is still trained and its explained variance logged, as "
+                "a monitor). With a critic that explains little, GAE's λ^t fades the final score before it reaches "
+                "the first tokens, the ones that decide whether an answer refuses"})
     gamma: float = field(default=1.0, metadata={"help": "discount γ of GAE (PPO-max: 1)"})
     lam: float = field(default=0.95, metadata={"help": "GAE λ (PPO-max: 0.95)"})
     whiten_advantages: bool = field(default=True, metadata={"help": "PPO-max advantage whitening per batch"})

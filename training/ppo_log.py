@@ -95,7 +95,7 @@ def selection_key(m: dict, cfg: PPOConfig) -> tuple[float, float]:
     return (m[cfg.best_metric], m["val/score"])
 
 
-PLOTTED = ["reward/score_mean", "reward/rm_mean", "reward/safety_mean", "objective/kl", "response/length",
+PLOTTED = ["reward/score_mean", "train/readout_score", "reward/rm_mean", "reward/safety_mean", "objective/kl", "response/length",
            "response/perplexity", "policy/entropy", "policy/clipfrac", "policy/approx_kl", "value/loss",
            "value/explained_variance", "val/score", "val/refusal_margin", "val/refusal_sensitive", "val/kl_exact"]
 
@@ -107,7 +107,7 @@ def plot_curves(rows: list[dict], out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 5, figsize=(20, 10))
+    fig, axes = plt.subplots(4, 4, figsize=(16, 13))
     for ax, key in zip(axes.flat, PLOTTED):
         pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
         if pts:

@@ -9,8 +9,8 @@ One scalar reward head trained on contrastive pairs learned the *voice* of an an
     reward(p, a) = rm(p, a) + (2 h(p) - 1) * (v . z(p, a))
 
 * ``rm`` — a trained reward adapter (reward-v0: seed pairs + HH-RLHF harmless), unchanged;
-* ``h(p)`` — the **prompt-harm probe**: P(request is harmful) from a logistic head on the request's
-  mean-pooled hidden state (first 16 blocks of the embedded SmolLM2, :mod:`rlhf_demo.probes`), fitted
+* ``h(p)`` — the **prompt-harm probe** (:mod:`training.harm_probe`): P(request is harmful) from a
+  logistic head on the request's mean-pooled hidden state (first 16 blocks of the embedded SmolLM2, :mod:`rlhf_demo.probes`), fitted
   on ``train``-role prompts only (harmful: AdvBench, HarmBench, CatQA, HarmfulQA, CoCoNot
   should-not-comply; safe: CoCoNot risky-but-safe, Self-Instruct, other CoCoNot), its L2 and the weight
   of the risky-but-safe prompts chosen by 5-fold cross-validation on those training prompts;
@@ -36,6 +36,11 @@ Nothing is fitted for the answer side; ``scale`` is chosen among ``--scales`` on
 to a harmful request, SFT's answer beats a refusal of a risky-but-safe one); validation pairs are reported only.
 
     python -m training.safety_reward --signal refusal-clf-v1 --harm-probe-from reward-v1 --name reward-v2
+
+reward-v3 is reward-v2 with ``h`` fitted again, on the public train-role prompts plus the seed PPO pool's (short,
+plain questions the public sets lack), its settings chosen on val-role prompts (:mod:`training.harm_probe`)::
+
+    python -m training.safety_reward --signal refusal-clf-v1 --harm-extra seed --harm-choice val --name reward-v3
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import random
 import shutil
 import sys
 import time
@@ -53,6 +57,8 @@ from pathlib import Path
 import numpy as np
 
 from rlhf_demo import probes as P
+from training.harm_probe import (choose_by_cv, choose_on_validation, extra_prompts, fit_harm_probe,  # noqa: F401
+                                 folds_by_key, per_kind_accuracy, public_prompts)
 
 from rlhf_demo.safety_term import (LINEAR, REFUSAL_CLF, SIGNALS, TERM_CARD, TERM_FILE, SafetyTerm,  # noqa: F401
                                    gate, last_user, refusal_term, safety_term)
@@ -80,24 +86,6 @@ def pair_accuracy(chosen: np.ndarray, rejected: np.ndarray) -> float:
     return float(np.mean(np.asarray(chosen) > np.asarray(rejected))) if len(chosen) else float("nan")
 
 
-
-
-def folds_by_key(keys: list[str], k: int, seed: int) -> np.ndarray:
-    """A fold index per row from a seeded hash of its key (a prompt is in one fold only)."""
-    return np.array([int(hashlib.sha256(f"{seed}\x00{key}".encode()).hexdigest()[:8], 16) % k for key in keys])
-
-
-def fit_harm_probe(x: np.ndarray, y: np.ndarray, risky: np.ndarray, l2: float, risky_weight: float
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """(mean, scale, w, b) of the prompt-harm probe; classes balanced, risky-but-safe prompts weighted up."""
-    mean, scale = x.mean(0), x.std(0) + 1e-6
-    sw = np.where(risky, risky_weight, 1.0) * np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
-    w, b = P.fit_logistic((x - mean) / scale, y, l2, sample_weight=sw, iters=400)
-    return mean, scale, w, b
-
-
-def per_kind_accuracy(p: np.ndarray, y: np.ndarray, kinds: np.ndarray) -> dict[str, float]:
-    return {k: float(((p >= 0.5) == (y == 1))[kinds == k].mean()) for k in sorted(set(kinds.tolist()))}
 
 
 # ================================================================================================
@@ -135,6 +123,15 @@ class SafetyConfig:
         "help": "L2 values tried for the prompt-harm probe (chosen by cross-validation on train-role prompts)"})
     risky_weight: list[float] = dataclasses.field(default_factory=lambda: [1.0, 3.0, 5.0], metadata={
         "help": "weights of the risky-but-safe prompts tried (same cross-validation; the rule: best worst-kind accuracy)"})
+    harm_extra: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "more train-role prompts for the prompt-harm probe: 'seed' = the seed PPO pool's (short, plain "
+                "questions the public sets lack; harmful / sensitive / ordinary); needs --harm-choice val"})
+    harm_extra_weight: list[float] = dataclasses.field(default_factory=lambda: [1.0, 3.0, 10.0], metadata={
+        "help": "weights of the --harm-extra prompts tried (with --harm-choice val)"})
+    harm_choice: str = dataclasses.field(default="cv", metadata={
+        "help": "how the probe's settings are chosen: 'cv' (5-fold cross-validation on the training prompts, the "
+                "best worst kind; reward-v1) or 'val' (the best worst accuracy over the val-role public prompts by kind "
+                "and the val-role seed prompts by category; reward-v3)"})
     answer_l2: list[float] = dataclasses.field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 0.3, 1.0], metadata={
         "help": "L2 values tried for v (chosen by cross-validated pair accuracy on the training pairs, folds by prompt)"})
     folds: int = dataclasses.field(default=5, metadata={"help": "cross-validation folds"})
@@ -180,43 +177,6 @@ def _pair_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _train_prompts(cfg: SafetyConfig) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Train-role prompts: texts, harmful labels, risky-but-safe flags."""
-    from rlhf_demo import external as X
-    from training.data import MIX_SOURCES
-
-    texts, y, risky = [], [], []
-    cap = {"harmful": cfg.max_harmful, "risky-safe": 10**9, "ordinary": cfg.max_ordinary}
-    for kind, sources in MIX_SOURCES.items():
-        recs = X.dedupe(r for name in sources for r in X.READERS[name]() if r.role == "train" and r.kind == kind)
-        random.Random(f"{cfg.seed}:{kind}").shuffle(recs)
-        for r in recs[:cap[kind]]:
-            texts.append(r.text)
-            y.append(1.0 if kind == "harmful" else 0.0)
-            risky.append(kind == "risky-safe")
-    return texts, np.array(y), np.array(risky)
-
-
-def _choose_harm_probe(cfg: SafetyConfig, x, y, risky, keys) -> tuple[dict, list[dict]]:
-    kinds = np.where(y == 1, "harmful", np.where(risky, "risky-safe", "ordinary"))
-    fold = folds_by_key(keys, cfg.folds, cfg.seed)
-    tried = []
-    for l2 in cfg.harm_l2:
-        for rw in cfg.risky_weight:
-            p = np.zeros(len(y))
-            for f in range(cfg.folds):
-                tr = fold != f
-                m, s, w, b = fit_harm_probe(x[tr], y[tr], risky[tr], l2, rw)
-                p[~tr] = 1 / (1 + np.exp(-(((x[~tr] - m) / s) @ w + b)))
-            acc = per_kind_accuracy(p, y, kinds)
-            tried.append({"l2": l2, "risky_weight": rw, "cv_accuracy": {k: round(v, 4) for k, v in acc.items()},
-                          "worst": round(min(acc.values()), 4)})
-            print(f"[safety] harm probe l2={l2:g} risky_weight={rw:g}: cv " +
-                  ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), file=sys.stderr)
-    best = max(tried, key=lambda t: t["worst"])
-    return best, tried
-
-
 def _states(rows: list[dict], scorer, cache: dict, tag: str) -> dict:
     """Pooled states (answer, request) and raw reward scores of both sides of each pair."""
     if f"{tag}|sc" in cache:
@@ -234,6 +194,53 @@ def _states(rows: list[dict], scorer, cache: dict, tag: str) -> dict:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _pooled_requests(texts: list[str], cache: dict, key: str) -> np.ndarray:
+    if key not in cache or len(cache[key]) != len(texts):
+        cache[key] = P.pooled_states(texts, [""] * len(texts))[:, 1]
+    return cache[key]
+
+
+def _fit_harm_probe(cfg: SafetyConfig, cache: dict) -> tuple[tuple, dict]:
+    """Step 1: the prompt-harm probe on train-role prompts (:mod:`training.harm_probe`), its settings by ``--harm-choice``."""
+    from rlhf_demo.splits import normalize_text
+    from training import harm_probe as H
+
+    t0 = time.time()
+    if cfg.harm_choice not in ("cv", "val"):
+        raise ValueError(f"--harm-choice {cfg.harm_choice!r}: 'cv' or 'val'")
+    if cfg.harm_extra and cfg.harm_choice != "val":
+        raise ValueError("--harm-extra needs --harm-choice val (the extra prompts' weight is chosen on validation)")
+    texts, kinds = public_prompts("train", cfg.seed, {"harmful": cfg.max_harmful, "ordinary": cfg.max_ordinary})
+    x = _pooled_requests(texts, cache, "prompts|x")
+    et, ek = extra_prompts(cfg.harm_extra, "train")
+    if et:
+        x = np.concatenate([x, _pooled_requests(et, cache, "prompts|x:" + "+".join(cfg.harm_extra))])
+    kinds = np.array(kinds + ek)
+    y, risky, extra = (kinds == "harmful").astype(float), kinds == "risky-safe", np.arange(len(kinds)) >= len(texts)
+    counts = {"n": len(kinds), "harmful": int(y.sum()), "risky_safe": int(risky.sum()),
+              "extra": {"sets": cfg.harm_extra, "n": len(et)}}
+    print(f"[safety] {len(kinds)} train-role prompts ({int(y.sum())} harmful, {int(risky.sum())} risky-but-safe, "
+          f"{len(et)} from {cfg.harm_extra or 'no extra set'}) pooled in {time.time() - t0:.0f}s", file=sys.stderr)
+    if cfg.harm_choice == "cv":
+        best, tried = choose_by_cv(x, y, risky, [normalize_text(t) for t in texts], cfg.harm_l2, cfg.risky_weight,
+                                   cfg.folds, cfg.seed)
+        weight, rule = None, "5-fold cross-validation on the training prompts: the best worst-kind accuracy"
+    else:
+        groups = {}
+        for tag, (vt, vk) in {"val": public_prompts("val", cfg.seed), "seed-val": H.seed_prompts("val")}.items():
+            vs = _pooled_requests(vt, cache, f"prompts|{tag}")
+            for k in sorted(set(vk)):
+                groups[f"{tag}/{k}"] = (vs[np.array(vk) == k], int(k == "harmful"))
+        best, tried = choose_on_validation(x, y, risky, extra, groups, cfg.harm_l2, cfg.risky_weight,
+                                           cfg.harm_extra_weight)
+        weight = np.where(extra, best["extra_weight"], 1.0)
+        counts["validation"] = {g: len(s) for g, (s, _) in groups.items()}
+        rule = ("the best worst accuracy over the val-role public prompts by kind and the val-role seed prompts by "
+                "category (ties: the earlier setting tried)")
+    probe = fit_harm_probe(x, y, risky, best["l2"], best["risky_weight"], weight=weight)
+    return probe, {"chosen": best, "tried": tried, "rule": rule, "prompts": counts}
 
 
 def build(cfg: SafetyConfig, settings, argv: list[str] | None = None) -> dict:
@@ -266,16 +273,7 @@ def build(cfg: SafetyConfig, settings, argv: list[str] | None = None) -> dict:
                      "sha256": sha256(source.path / TERM_FILE)}
         print(f"[safety] prompt-harm probe copied from {source.name}", file=sys.stderr)
     else:
-        texts, y, risky = _train_prompts(cfg)
-        if "prompts|x" not in cache:
-            cache["prompts|x"] = P.pooled_states(texts, [""] * len(texts))[:, 1]
-        x = cache["prompts|x"]
-        print(f"[safety] {len(texts)} train-role prompts ({int(y.sum())} harmful, {int(risky.sum())} risky-but-safe) "
-              f"pooled in {time.time() - t0:.0f}s", file=sys.stderr)
-        best, tried = _choose_harm_probe(cfg, x, y, risky, [normalize_text(t) for t in texts])
-        hm, hs, hw, hb = fit_harm_probe(x, y, risky, best["l2"], best["risky_weight"])
-        harm_card = {"chosen": best, "tried": tried, "prompts": {"n": len(texts), "harmful": int(y.sum()),
-                                                               "risky_safe": int(risky.sum())}}
+        (hm, hs, hw, hb), harm_card = _fit_harm_probe(cfg, cache)
 
     scorer = load_reward_scorer(settings, base.name, batch_size=16)
     if cfg.signal == REFUSAL_CLF:
@@ -327,13 +325,17 @@ def build(cfg: SafetyConfig, settings, argv: list[str] | None = None) -> dict:
 
 def _refusal_states(rows: list[dict], scorer, term: SafetyTerm, cache: dict, tag: str) -> dict:
     """Per pair: the request's ``h``, the refusal probabilities of both answers and the raw reward scores."""
-    if f"{tag}|cc" in cache:
-        return {k: cache[f"{tag}|{k}"] for k in ("h", "cc", "cr", "rc", "rr")}
     prompts = [last_user(r["prompt"] + r["chosen"]) for r in rows]
+    # h is keyed by the probe (a cache of one build serves another with a different probe); c and rm are not
+    hkey = f"{tag}|h@" + hashlib.sha256(np.asarray(term.harm_weight, np.float64).tobytes()).hexdigest()[:12]
+    if hkey not in cache:
+        cache[hkey] = term.request_harm(prompts)
+    if f"{tag}|cc" in cache:
+        return {"h": cache[hkey], **{k: cache[f"{tag}|{k}"] for k in ("cc", "cr", "rc", "rr")}}
     ch = [r["chosen"][-1].get("content", "") for r in rows]
     rj = [r["rejected"][-1].get("content", "") for r in rows]
     c = term.refusal_probability(prompts + prompts, ch + rj)
-    out = {"h": term.request_harm(prompts), "cc": c[:len(rows)], "cr": c[len(rows):],
+    out = {"h": cache[hkey], "cc": c[:len(rows)], "cr": c[len(rows):],
            "rc": np.array(scorer.score_raw([r["prompt"] + r["chosen"] for r in rows])),
            "rr": np.array(scorer.score_raw([r["prompt"] + r["rejected"] for r in rows]))}
     cache.update({f"{tag}|{k}": v for k, v in out.items()})
