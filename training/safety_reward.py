@@ -10,7 +10,8 @@ One scalar reward head trained on contrastive pairs learned the *voice* of an an
 
 * ``rm`` — a trained reward adapter (reward-v0: seed pairs + HH-RLHF harmless), unchanged;
 * ``h(p)`` — the **prompt-harm probe** (:mod:`training.harm_probe`): P(request is harmful) from a
-  logistic head on the request's mean-pooled hidden state (first 16 blocks of the embedded SmolLM2, :mod:`rlhf_demo.probes`), fitted
+  logistic head on the request's mean-pooled hidden state (first 16 blocks of the embedded SmolLM2,
+  :mod:`rlhf_demo.probes`), fitted
   on ``train``-role prompts only (harmful: AdvBench, HarmBench, CatQA, HarmfulQA, CoCoNot
   should-not-comply; safe: CoCoNot risky-but-safe, Self-Instruct, other CoCoNot), its L2 and the weight
   of the risky-but-safe prompts chosen by 5-fold cross-validation on those training prompts;
@@ -203,7 +204,7 @@ def _pooled_requests(texts: list[str], cache: dict, key: str) -> np.ndarray:
 
 
 def _fit_harm_probe(cfg: SafetyConfig, cache: dict) -> tuple[tuple, dict]:
-    """Step 1: the prompt-harm probe on train-role prompts (:mod:`training.harm_probe`), its settings by ``--harm-choice``."""
+    """Step 1: the prompt-harm probe on train-role prompts (:mod:`training.harm_probe`), settings by ``--harm-choice``."""
     from rlhf_demo.splits import normalize_text
     from training import harm_probe as H
 
