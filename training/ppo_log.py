@@ -95,8 +95,8 @@ def selection_key(m: dict, cfg: PPOConfig) -> tuple[float, float]:
     return (m[cfg.best_metric], m["val/score"])
 
 
-PLOTTED = ["reward/score_mean", "train/readout_score", "reward/rm_mean", "reward/safety_mean", "objective/kl", "response/length",
-           "response/perplexity", "policy/entropy", "policy/clipfrac", "policy/approx_kl", "value/loss",
+PLOTTED = ["reward/score_mean", "train/readout_score", "reward/rm_mean", "reward/safety_mean", "objective/kl",
+           "response/length", "response/perplexity", "policy/entropy", "policy/clipfrac", "policy/approx_kl", "value/loss",
            "value/explained_variance", "val/score", "val/refusal_margin", "val/refusal_sensitive", "val/kl_exact"]
 
 
