@@ -124,7 +124,7 @@ train-reward-v2: venv
 	$(PY) -m training.safety_reward $(SAFETY_V2_ARGS) --publish-dir rlhf_demo/versions --name reward-v2 --replace $(ARGS)
 # reward-v3: reward-v2's formula with a new prompt-harm probe h, fitted on the public train-role prompts plus the
 # seed PPO pool's train-role prompts (short, plain questions), its settings chosen on val-role prompts
-# (docs/reward-v3/README.md). ~3 min at 2 threads with the cache of a reward-v2 build, ~25 min without.
+# (docs/reward-v3/README.md). ~3 min at 2 threads with the cache of a reward-v2 build (roughly reward-v2's 22 without).
 SAFETY_V3_ARGS ?= --signal refusal-clf-v1 --base-reward reward-v0 --harm-extra seed --harm-choice val \
 	--pairs $(PAIRS)/train.jsonl seed-train --seed 0 --threads 2
 train-reward-v3: venv
