@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     groups = {}
-    for tag, (texts, kinds) in {"val": H.public_prompts("val", 0), "seed-val": H.seed_prompts("val")}.items():
+    for tag, (texts, kinds) in {"val": H.validation_groups(), "seed-val": H.seed_prompts("val")}.items():
         for k in sorted(set(kinds)):
             groups[f"{tag}/{k}"] = [t for t, kk in zip(texts, kinds) if kk == k]
     allt = [t for v in groups.values() for t in v] + EXAMPLES

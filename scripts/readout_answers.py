@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             streams = server.submit([Request(m, policy, params) for m in readout])
             answers[policy] = [st.result(timeout=900) for st in streams]
         server.close()
-    scorer = load_reward_scorer(settings, a.reward, allow_judge=True)
+    scorer = load_reward_scorer(settings, a.reward, model=model, tokenizer=tok, allow_judge=True)  # one base in memory
     term = SafetyTerm.load(resolve_reward_version(settings, a.reward).path)
     prompts = [next(m["content"] for m in reversed(c) if m["role"] == "user") for c in readout]
     scores = {}

@@ -95,24 +95,31 @@ def test_a_batch_that_does_not_split_into_groups_is_an_error_line(tiny_settings,
     assert "multiple" in capsys.readouterr().err
 
 
+def _toy_run(tmp_path, tokenizer, tmp_path_factory, **overrides) -> list[dict]:
+    """The toy reward of tests/test_ppo_learning.py with that test's settings, 4 prompts × 4 answers per iteration and
+    the leave-one-out baseline (plus ``overrides``); every metrics row, iteration 0 first."""
+    from rlhf_demo.config import Settings
+    from tests.test_ppo_learning import build_few_word_model
+
+    model = build_few_word_model(tmp_path_factory.mktemp("few-word-model"), tokenizer)
+    settings = Settings(data_dir=tmp_path, base_model=str(model), device="cpu", dtype="float32")
+    cfg = ppo.PPOConfig(**{**dict(
+        reward_model="toy:blue", iterations=36, rollout_batch_size=16, mini_batch_size=8, response_length=8, lora_r=4,
+        lora_alpha=8, policy_lr=5e-4, critic_lr=5e-3, val_prompts=3, eval_every=1000, checkpoint_every=1000,
+        kl_bound=1e9, publish=False, seed=0, run_dir=str(tmp_path / "run"), guard_patience=1000,
+        max_repeated_ngrams=1.1, min_perplexity=0.0, max_length_pinned=1.1, samples_per_prompt=4,
+        prompt_baseline="loo"), **overrides})
+    train(cfg, settings)
+    return [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.slow
 def test_ppo_learns_the_toy_reward_with_grouped_rollouts(tmp_path, tokenizer, tmp_path_factory):
     """--samples-per-prompt 4 (4 prompts × 4 answers per iteration, leave-one-out baseline) still learns the known
     toy reward of tests/test_ppo_learning.py, with that test's settings otherwise."""
     import statistics
 
-    from rlhf_demo.config import Settings
-    from tests.test_ppo_learning import build_few_word_model
-
-    model = build_few_word_model(tmp_path_factory.mktemp("few-word-model"), tokenizer)
-    settings = Settings(data_dir=tmp_path, base_model=str(model), device="cpu", dtype="float32")
-    cfg = ppo.PPOConfig(reward_model="toy:blue", iterations=36, rollout_batch_size=16, mini_batch_size=8,
-                        response_length=8, lora_r=4, lora_alpha=8, policy_lr=5e-4, critic_lr=5e-3, val_prompts=3,
-                        eval_every=1000, checkpoint_every=1000, kl_bound=1e9, publish=False, seed=0,
-                        run_dir=str(tmp_path / "run"), guard_patience=1000, max_repeated_ngrams=1.1,
-                        min_perplexity=0.0, max_length_pinned=1.1, samples_per_prompt=4, prompt_baseline="loo")
-    train(cfg, settings)
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
+    rows = _toy_run(tmp_path, tokenizer, tmp_path_factory)[1:]
     reward = [r["reward/score_mean"] for r in rows]
     first, last = reward[:8], reward[-8:]
     noise = max(statistics.stdev(first), statistics.stdev(last))
@@ -146,19 +153,7 @@ def test_ppo_learns_the_toy_reward_with_the_rloo_advantage(tmp_path, tokenizer, 
     fixed training prompts rises with it."""
     import statistics
 
-    from rlhf_demo.config import Settings
-    from tests.test_ppo_learning import build_few_word_model
-
-    model = build_few_word_model(tmp_path_factory.mktemp("few-word-model"), tokenizer)
-    settings = Settings(data_dir=tmp_path, base_model=str(model), device="cpu", dtype="float32")
-    cfg = ppo.PPOConfig(reward_model="toy:blue", iterations=36, rollout_batch_size=16, mini_batch_size=8,
-                        response_length=8, lora_r=4, lora_alpha=8, policy_lr=5e-4, critic_lr=5e-3, val_prompts=3,
-                        eval_every=1000, checkpoint_every=1000, kl_bound=1e9, publish=False, seed=0,
-                        run_dir=str(tmp_path / "run"), guard_patience=1000, max_repeated_ngrams=1.1,
-                        min_perplexity=0.0, max_length_pinned=1.1, samples_per_prompt=4, prompt_baseline="loo",
-                        advantage="rloo", critic_warmup=0)
-    train(cfg, settings)
-    all_rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    all_rows = _toy_run(tmp_path, tokenizer, tmp_path_factory, advantage="rloo", critic_warmup=0)
     rows = all_rows[1:]
     reward = [r["reward/score_mean"] for r in rows]
     first, last = reward[:8], reward[-8:]

@@ -82,6 +82,14 @@ def public_prompts(role: str, seed: int, caps: dict[str, int] | None = None) -> 
     return texts, kinds
 
 
+def validation_groups() -> tuple[list[str], list[str]]:
+    """The val-role public prompts (:func:`rlhf_demo.external.validation_prompts`): (texts, kinds)."""
+    from rlhf_demo import external as X
+
+    pairs = [(r.text, kind) for kind, recs in X.validation_prompts(skip_missing=False).items() for r in recs]
+    return [t for t, _ in pairs], [k for _, k in pairs]
+
+
 def seed_prompts(role: str) -> tuple[list[str], list[str]]:
     """``role`` prompts of the seed PPO pool: (texts, kinds), ``sensitive`` read as ``risky-safe``."""
     from rlhf_demo.jsonl import iter_jsonl

@@ -236,15 +236,21 @@ def _add(stats, key, value):
 # ================================================================================================
 
 @torch.no_grad()
+def greedy_scored(roles: ActorCriticRoles, tokenizer, prompts: list[list[dict]], cfg: PPOConfig):
+    """Greedy answers to ``prompts`` and their training-reward scores: (rollout, scores)."""
+    ro = rollout(roles, tokenizer, prompts, cfg, seed=0, greedy=True)
+    scores, _ = roles.score_and_trunk(conversations(ro), ro.input_ids, ro.attention_mask)
+    return ro, scores
+
+
+@torch.no_grad()
 def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[ValPrompt], cfg: PPOConfig) -> dict[str, float]:
     """Held-out prompts. Greedy answers: mean reward-model score, and how often the policy refuses harmful
     prompts (good) and the other prompts (over-refusal), by the project's refusal judge (rlhf_demo.refusal.detector's
     default, which reads the request too: an answer that swaps it for a harmless one is a refusal). Answers SAMPLED from the policy
     (temperature 1, no nucleus; the same seeds at every validation): ``val/kl_exact``, the exact KL to the
     reference in nats per answer (:func:`exact_answer_kl`), which the KL bound and the collapse guard use."""
-    ro = rollout(roles, tokenizer, [v.messages for v in val_prompts], cfg, seed=0, greedy=True)
-    ids, attn = ro.input_ids, ro.attention_mask
-    scores, _ = roles.score_and_trunk(conversations(ro), ids, attn)
+    ro, scores = greedy_scored(roles, tokenizer, [v.messages for v in val_prompts], cfg)
     out = {"val/score": float(scores.mean()), "val/kl_exact": exact_answer_kl(roles, tokenizer, val_prompts, cfg),
            "val/eos_rate": float(ro.reached_eos.float().mean())}
     requests = [next((m["content"] for m in reversed(v.messages) if m["role"] == "user"), None) for v in val_prompts]
@@ -268,8 +274,7 @@ def train_readout(roles: ActorCriticRoles, tokenizer, prompts: list[list[dict]],
     reward it optimises? Unlike ``reward/score_mean`` this compares the same prompts over time."""
     if not prompts:
         return {}
-    ro = rollout(roles, tokenizer, prompts, cfg, seed=0, greedy=True)
-    scores, _ = roles.score_and_trunk(conversations(ro), ro.input_ids, ro.attention_mask)
+    _, scores = greedy_scored(roles, tokenizer, prompts, cfg)
     out = {"train/readout_score": float(scores.mean())}
     if roles.last_safety is not None:
         out["train/readout_safety"] = float(roles.last_safety.mean())

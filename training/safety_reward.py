@@ -198,7 +198,9 @@ def sha256(path: Path) -> str:
 
 
 def _pooled_requests(texts: list[str], cache: dict, key: str) -> np.ndarray:
-    if key not in cache or len(cache[key]) != len(texts):
+    """Pooled request states, cached under ``key`` and a hash of the texts (a cache of other prompts is not reused)."""
+    key = f"{key}@" + hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]
+    if key not in cache:
         cache[key] = P.pooled_states(texts, [""] * len(texts))[:, 1]
     return cache[key]
 
@@ -230,7 +232,7 @@ def _fit_harm_probe(cfg: SafetyConfig, cache: dict) -> tuple[tuple, dict]:
         weight, rule = None, "5-fold cross-validation on the training prompts: the best worst-kind accuracy"
     else:
         groups = {}
-        for tag, (vt, vk) in {"val": public_prompts("val", cfg.seed), "seed-val": H.seed_prompts("val")}.items():
+        for tag, (vt, vk) in {"val": H.validation_groups(), "seed-val": H.seed_prompts("val")}.items():
             vs = _pooled_requests(vt, cache, f"prompts|{tag}")
             for k in sorted(set(vk)):
                 groups[f"{tag}/{k}"] = (vs[np.array(vk) == k], int(k == "harmful"))
