@@ -44,3 +44,9 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     valid = mask if mask.dtype == torch.bool else mask != 0
     positions = torch.arange(valid.shape[-1], device=valid.device).expand_as(valid)
     return torch.where(valid, positions, -1).amax(-1)
+
+
+def used_columns(attention_mask: torch.Tensor) -> slice:
+    """The columns of a ``[B, T]`` mask that are not padding in every row (a mini-batch's work, trimmed)."""
+    used = attention_mask.any(0).nonzero()
+    return slice(int(used.min()), int(used.max()) + 1)

@@ -51,8 +51,11 @@ def summarize(rows: list[dict], warmup: int, window: int) -> dict:
             "share_above_0.3": round(sum(e > 0.3 for e in ev) / len(ev), 3) if ev else None,
             "mean_last_window": round(sum(ev[-window:]) / len(ev[-window:]), 4) if ev else None},
         # the readout (training.ppo.train_readout): greedy answers to the same fixed training prompts at each validation
-        "readout": [{"step": r["step"], "score": round(r["train/readout_score"], 4)} for r in rows
-                    if r.get("train/readout_score") is not None],
+        # (and, with --train-readout-samples, the sampled answers' mean: what PPO optimises)
+        "readout": [{"step": r["step"], "score": round(r["train/readout_score"], 4),
+                     **({"sampled": round(r["train/readout_sampled_score"], 4)}
+                        if r.get("train/readout_sampled_score") is not None else {})}
+                    for r in rows if r.get("train/readout_score") is not None],
         "approx_kl_median": _median(policy, "policy/approx_kl"),
         "clipfrac_median": _median(policy, "policy/clipfrac"),
         "validation": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}

@@ -269,6 +269,15 @@ def test_last_token_index():
     assert last_token_index(torch.tensor([[1, 1, 1], [1, 1, 0], [0, 0, 0], [1, 0, 0]])).tolist() == [2, 1, -1, 0]
 
 
+def test_used_columns_drops_the_columns_that_are_padding_in_every_row():
+    from rlhf_demo.padding import used_columns
+
+    # left-padded prompt, answer, right padding: columns 0 and 4 are padding everywhere
+    mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 0, 0]])
+    assert used_columns(mask) == slice(1, 4)
+    assert used_columns(torch.ones(2, 3, dtype=torch.long)) == slice(0, 3)
+
+
 def test_kl_penalized_rewards():
     # k1 = logp - ref. row 0: kl [0.5, -0.2, 0.1], all valid, score 1 at t=2:
     #   rewards = -0.1·kl + [0, 0, 1] = [-0.05, 0.02, 0.99]

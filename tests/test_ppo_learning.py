@@ -81,13 +81,17 @@ def test_ppo_learns_a_toy_reward_and_its_critic_explains_the_returns(few_word_mo
                     response_length=8, lora_r=4, lora_alpha=8, policy_lr=5e-4, critic_lr=5e-3, val_prompts=3,
                     eval_every=1000, checkpoint_every=1000, kl_bound=1e9, publish=False, seed=0,
                     run_dir=str(tmp_path / "run"), guard_patience=1000, max_repeated_ngrams=1.1, min_perplexity=0.0,
-                    max_length_pinned=1.1)
+                    max_length_pinned=1.1, train_readout_samples=2)
     train(cfg, settings)
     all_rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     rows = all_rows[1:]
     # the readout: greedy answers to the same fixed training prompts, before and after (validation at 0 and 36)
     readout = [(r["step"], r["train/readout_score"]) for r in all_rows if "train/readout_score" in r]
     assert [s for s, _ in readout] == [0, 36] and readout[1][1] - readout[0][1] > 0.5, readout
+    # and the sampled readout (2 answers per readout prompt, sampled as the rollouts are, same seeds): what PPO
+    # optimises rises too
+    sampled = [r["train/readout_sampled_score"] for r in all_rows if "train/readout_sampled_score" in r]
+    assert len(sampled) == 2 and sampled[1] - sampled[0] > 0.3, sampled
     reward = [r["reward/score_mean"] for r in rows]
     first, last = reward[:8], reward[-8:]
     # the iteration-to-iteration noise of the batch mean (16 Bernoulli answers): the larger of the two windows'

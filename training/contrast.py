@@ -10,6 +10,11 @@ prompt the answer should win (issue 12's acceptance: both >= 90%).
     # once, at the end, on XSTest (a reported suite: never used to choose anything)
     python -m training.contrast --reward-model reward-v1 --suite xstest --out runs/contrast-xstest.json
 
+``--labelled FILE --where split=holdout`` builds the rows from answers labelled by reading (the refusal judge's
+development file ``eval/fixtures/refusal_dev.jsonl``): for each prompt with a refusal and a non-refusal among its
+answers, the first of each — the policies' *own* refusals (swaps, lectures, deflections as well as "I can't"),
+the answers PPO's rollouts actually compare, rather than a template. One pair per prompt.
+
 ``--suite xstest`` samples SFT's answers to the 450 XSTest prompts first (seeded, 64 tokens, 1
 thread; a few minutes) and writes them next to ``--out``. Rows whose SFT answer already looks like a
 refusal are counted apart (``excluding SFT refusals``), since then both sides refuse. The last line
@@ -49,7 +54,7 @@ def summarize(rows: list[dict], chosen: list[float], rejected: list[float]) -> d
     with a 95% Wilson interval; all rows and rows whose SFT answer is not itself a refusal."""
     out: dict = {}
     for kind in sorted({r["kind"] for r in rows}):
-        for subset in ("all", "excluding SFT refusals"):
+        for subset in ("all", "excluding SFT refusals") if any("sft_refuses" in r for r in rows) else ("all",):
             idx = [i for i, r in enumerate(rows) if r["kind"] == kind
                    and (subset == "all" or not r.get("sft_refuses", False))]
             wins = sum(chosen[i] > rejected[i] for i in idx)
@@ -87,6 +92,35 @@ def suite_rows(suite: str, cfg: BuildConfig, answers_out: Path | None) -> list[d
                else make_pair(r.text, ans, refusal, "contrast/risky-safe", r.kind, r.role, r.id))
         row["sft_refuses"] = looks_like_refusal(ans)
         rows.append(row)
+    return rows
+
+
+def labelled_rows(path: Path, where: dict[str, str] | None = None) -> list[dict]:
+    """Contrast rows from labelled answers (rows with ``prompt``, ``response``, boolean ``refusal`` and
+    ``prompt_kind`` harmful | risky-safe | ordinary; ``where`` keeps rows whose fields equal its values): per prompt
+    with both a refusal and a non-refusal, the first of each in file order. Chosen = the refusal on a harmful prompt,
+    the non-refusal otherwise."""
+    groups: dict[str, list[dict]] = {}
+    for where_at, row in iter_jsonl(path, ValueError):
+        if not isinstance(row.get("refusal"), bool) or not isinstance(row.get("response"), str) \
+                or not isinstance(row.get("prompt"), str) or row.get("prompt_kind") not in ("harmful", "risky-safe",
+                                                                                           "ordinary"):
+            raise ValueError(f"{where_at}: a labelled row needs string 'prompt' and 'response', boolean 'refusal' "
+                             "and 'prompt_kind' harmful | risky-safe | ordinary")
+        if all(str(row.get(k)) == v for k, v in (where or {}).items()):
+            groups.setdefault(row["prompt"], []).append(row)
+    rows = []
+    for prompt, answers in groups.items():
+        refusal = next((a for a in answers if a["refusal"]), None)
+        other = next((a for a in answers if not a["refusal"]), None)
+        if refusal is None or other is None:
+            continue
+        kind = answers[0]["prompt_kind"]
+        chosen, rejected = (refusal, other) if kind == "harmful" else (other, refusal)
+        rows.append(make_pair(prompt, chosen["response"], rejected["response"], f"own-answers/{kind}", kind,
+                              "labelled", f"{refusal.get('id', '')}|{other.get('id', '')}"))
+    if not rows:
+        raise ValueError(f"{path}: no prompt with both a refusal and a non-refusal" + (f" where {where}" if where else ""))
     return rows
 
 
@@ -130,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--pairs", type=Path, default=None,
                      help=f"contrast rows (JSONL from training.build_pairs; default: {DEFAULT_PAIRS})")
     src.add_argument("--suite", default=None, help="build the rows from a reported suite instead: xstest")
+    src.add_argument("--labelled", type=Path, default=None,
+                     help="build the rows from answers labelled by reading (e.g. eval/fixtures/refusal_dev.jsonl): "
+                          "per prompt, the policies' own refusal vs their own non-refusal")
+    p.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                   help="with --labelled: keep only rows whose FIELD equals VALUE (e.g. split=holdout; repeatable)")
     p.add_argument("--out", type=Path, default=None, help="write the result as JSON here (and per-row scores next to it)")
     p.add_argument("--answer-tokens", type=int, default=64,
                    help="SFT answer length in new tokens with --suite (default: %(default)s)")
@@ -149,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             answers_out = args.out.with_suffix(".answers.jsonl") if args.out else None
             rows = suite_rows(args.suite, cfg, answers_out)
             source = f"suite {args.suite}"
+        elif args.labelled:
+            where = dict(w.split("=", 1) for w in args.where if "=" in w)
+            if len(where) != len(args.where):
+                raise ValueError(f"--where {args.where}: FIELD=VALUE")
+            rows = labelled_rows(args.labelled, where)
+            source = f"{args.labelled} (own answers" + (f", {where})" if where else ")")
         else:
             path = args.pairs or DEFAULT_PAIRS
             rows = read_rows(path)

@@ -47,7 +47,7 @@ from rlhf_demo.config import Settings
 from rlhf_demo.flags import parse_config
 from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch
 from rlhf_demo.metrics_log import MetricsLog
-from rlhf_demo.padding import pad_rows
+from rlhf_demo.padding import pad_rows, used_columns
 from rlhf_demo.refusal.detector import judge_refusals
 from rlhf_demo.registry import Registry, check_name
 from rlhf_demo.scoring import ToyReward
@@ -220,12 +220,6 @@ def ppo_update(roles: ActorCriticRoles, ro: Rollout, ex: Experience, cfg: PPOCon
     return {k: float(np.mean(v)) for k, v in stats.items()}
 
 
-def used_columns(attention_mask: torch.Tensor) -> slice:
-    """The columns of a mini-batch that are not padding in every row."""
-    used = attention_mask.any(0).nonzero()
-    return slice(int(used.min()), int(used.max()) + 1)
-
-
 def _add(stats, key, value):
     stats.setdefault(key, []).append(value)
 
@@ -236,9 +230,10 @@ def _add(stats, key, value):
 # ================================================================================================
 
 @torch.no_grad()
-def greedy_scored(roles: ActorCriticRoles, tokenizer, prompts: list[list[dict]], cfg: PPOConfig):
-    """Greedy answers to ``prompts`` and their training-reward scores: (rollout, scores)."""
-    ro = rollout(roles, tokenizer, prompts, cfg, seed=0, greedy=True)
+def scored_answers(roles: ActorCriticRoles, tokenizer, prompts: list[list[dict]], cfg: PPOConfig, seed: int = 0,
+                  greedy: bool = True):
+    """Answers to ``prompts`` (greedy, or sampled as the rollouts are) and their training-reward scores."""
+    ro = rollout(roles, tokenizer, prompts, cfg, seed=seed, greedy=greedy)
     scores, _ = roles.score_and_trunk(conversations(ro), ro.input_ids, ro.attention_mask)
     return ro, scores
 
@@ -250,7 +245,7 @@ def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[ValPrompt], c
     default, which reads the request too: an answer that swaps it for a harmless one is a refusal). Answers SAMPLED from the policy
     (temperature 1, no nucleus; the same seeds at every validation): ``val/kl_exact``, the exact KL to the
     reference in nats per answer (:func:`exact_answer_kl`), which the KL bound and the collapse guard use."""
-    ro, scores = greedy_scored(roles, tokenizer, [v.messages for v in val_prompts], cfg)
+    ro, scores = scored_answers(roles, tokenizer, [v.messages for v in val_prompts], cfg)
     out = {"val/score": float(scores.mean()), "val/kl_exact": exact_answer_kl(roles, tokenizer, val_prompts, cfg),
            "val/eos_rate": float(ro.reached_eos.float().mean())}
     requests = [next((m["content"] for m in reversed(v.messages) if m["role"] == "user"), None) for v in val_prompts]
@@ -271,16 +266,23 @@ def validate(roles: ActorCriticRoles, tokenizer, val_prompts: list[ValPrompt], c
 def train_readout(roles: ActorCriticRoles, tokenizer, prompts: list[list[dict]], cfg: PPOConfig) -> dict[str, float]:
     """The learning curve: greedy answers to the same fixed sample of TRAINING prompts at every validation, scored by
     the training reward (``train/readout_score``; with a composed reward also its safety part). Does PPO raise the
-    reward it optimises? Unlike ``reward/score_mean`` this compares the same prompts over time."""
+    reward it optimises? Unlike ``reward/score_mean`` this compares the same prompts over time. With
+    --train-readout-samples K also K answers per prompt SAMPLED as the rollouts are, with the same seeds every time
+    (``train/readout_sampled_score``): the reward PPO actually optimises, where greedy is what evaluation sees."""
     if not prompts:
         return {}
-    _, scores = greedy_scored(roles, tokenizer, prompts, cfg)
+    _, scores = scored_answers(roles, tokenizer, prompts, cfg)
     out = {"train/readout_score": float(scores.mean())}
     if roles.last_safety is not None:
         out["train/readout_safety"] = float(roles.last_safety.mean())
+    if cfg.train_readout_samples:
+        _, sampled = scored_answers(roles, tokenizer, PB.repeat_prompts(prompts, cfg.train_readout_samples), cfg,
+                                   seed=cfg.seed * 1_000_003 + READOUT_SEED, greedy=False)
+        out["train/readout_sampled_score"] = float(sampled.mean())
     return out
 
 
+READOUT_SEED = 4_102_913  # the sampled readout's seeds: the same draws at every validation
 VAL_KL_SEED = 9_176_011  # the KL samples' seeds: the same draws at every validation (common random numbers)
 
 

@@ -27,6 +27,10 @@ class PPOConfig:
         "help": "the learning curve's readout: this many TRAINING prompts (a fixed, seeded sample) answered greedily "
                 "and scored by the training reward at every validation (train/readout_score). The rollouts' "
                 "reward/score_mean mixes learning with which prompts an iteration drew; this one does not. 0 = off"})
+    train_readout_samples: int = field(default=0, metadata={
+        "help": "also sample this many answers per readout prompt at the rollout temperature (the same seeds at "
+                "every validation) and log their mean training reward, train/readout_sampled_score: the reward PPO "
+                "optimises (train/readout_score is what greedy evaluation sees). 0 = off"})
     # ---------------------------------------------------------------- models
     reward_model: str = field(default="", metadata={
         "help": "reward-vN to optimise (default: the newest), or toy:WORD — a known-answer reward for diagnosis "

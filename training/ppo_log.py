@@ -100,6 +100,9 @@ PLOTTED = ["reward/score_mean", "train/readout_score", "reward/rm_mean", "reward
            "value/explained_variance", "val/score", "val/refusal_margin", "val/refusal_sensitive", "val/kl_exact"]
 
 
+OVERLAID = {"train/readout_score": ["train/readout_sampled_score"]}  # drawn on the same axes as the key
+
+
 def plot_curves(rows: list[dict], out: Path) -> Path | None:
     if not rows:
         return None
@@ -109,9 +112,12 @@ def plot_curves(rows: list[dict], out: Path) -> Path | None:
 
     fig, axes = plt.subplots(4, 4, figsize=(16, 13))
     for ax, key in zip(axes.flat, PLOTTED):
-        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None)
+        for series in [key] + OVERLAID.get(key, []):
+            pts = [(r["step"], r[series]) for r in rows if r.get(series) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=series.split("/")[-1])
+        if OVERLAID.get(key) and any(r.get(s) is not None for s in OVERLAID[key] for r in rows):
+            ax.legend(fontsize=7)
         ax.set_title(key)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
