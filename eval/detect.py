@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf_demo.atomic import write_jsonl as atomic_write_jsonl
-from rlhf_demo.jsonl import jsonl_rows
+from rlhf_demo.jsonl import jsonl_rows, matches, parse_where
 
 from rlhf_demo.refusal.detector import DEFAULT_JUDGE, JUDGE_NAMES, judge_refusals
 from .stats import wilson_interval
@@ -160,7 +160,7 @@ def score_file(path: Path, judges: list[str], confidence: float = 0.95, show_err
     """Each judge's precision/recall against the ``refusal`` labels of ``path`` (only the rows whose
     fields match every ``(field, value)`` of ``where``, compared as strings)."""
     rows = read_rows(path, need_label=True)
-    rows = [r for r in rows if all(str(r.data.get(k)) == v for k, v in where)]
+    rows = [r for r in rows if matches(r.data, where)]
     if not rows:
         raise RowError(f"{path}: no row matches {' '.join(f'{k}={v}' for k, v in where)}")
     labels = [r.data["refusal"] for r in rows]
@@ -249,11 +249,10 @@ def config_from_args(argv: list[str] | None = None) -> DetectConfig:
         parser.error("--confidence must be in [0.5, 1)")
     if cfg.report is not None and not cfg.score:
         parser.error("--report needs --score")
-    for item in a.where or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            parser.error(f"--where needs FIELD=VALUE, got {item!r}")
-        cfg.where.append((name, value))
+    try:
+        cfg.where = parse_where(a.where)
+    except ValueError as exc:
+        parser.error(str(exc))
     if cfg.where and not cfg.score:
         parser.error("--where needs --score")
     return cfg

@@ -142,3 +142,20 @@ def text_field(value, where: str, name: str, error: type[Exception] = JsonlError
     if not allow_empty and not value.strip():
         raise error(f"{where}: field {name!r} is empty")
     return value
+
+
+def parse_where(items) -> list[tuple[str, str]]:
+    """``["split=holdout", ...]`` (a ``--where FIELD=VALUE`` flag, repeatable) -> ``[("split", "holdout"), ...]``;
+    an item without ``=`` or without a field name is a ValueError that quotes it."""
+    out = []
+    for item in items or []:
+        name, sep, value = str(item).partition("=")
+        if not sep or not name:
+            raise ValueError(f"--where needs FIELD=VALUE, got {item!r}")
+        out.append((name, value))
+    return out
+
+
+def matches(row: dict, where) -> bool:
+    """Whether ``row`` has every ``(field, value)`` of ``where`` (compared as strings)."""
+    return all(str(row.get(k)) == v for k, v in where)

@@ -79,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from rlhf_demo.config import Settings
-    from rlhf_demo.jsonl import iter_jsonl
+    from rlhf_demo.jsonl import iter_jsonl, matches, parse_where
     from rlhf_demo.safety_term import SafetyTerm
     from rlhf_demo.scoring import load_reward_scorer, resolve_reward_version
 
     torch.set_num_threads(a.threads)
-    where = dict(w.split("=", 1) for w in a.where)
-    rows = [r for _, r in iter_jsonl(a.labelled, ValueError) if all(str(r.get(k)) == v for k, v in where.items())]
+    where = parse_where(a.where)
+    rows = [r for _, r in iter_jsonl(a.labelled, ValueError) if matches(r, where)]
     settings = Settings(dtype="bfloat16")
     scorer = load_reward_scorer(settings, a.reward, allow_judge=True)
     total = np.array(scorer.score([[{"role": "user", "content": r["prompt"]},
@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     term = (term_model.score([r["prompt"] for r in rows], [r["response"] for r in rows]) if term_model is not None
             else np.zeros(len(rows)))
     half_range = float(term_model.scale) if term_model is not None and term_model.signal != "linear" else 1.0
-    result = {"reward": a.reward, "labelled": str(a.labelled), "where": where, "answers": len(rows),
+    result = {"reward": a.reward, "labelled": str(a.labelled), "where": dict(where), "answers": len(rows),
               "command": "python scripts/reward_spread.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "term_half_range": half_range,
               "groups": spread(pair_groups(rows), total.tolist(), term.tolist(), half_range)}
-    print(f"{a.reward} on {len(rows)} labelled answers ({a.labelled} {where or ''}); |Δ| between answers to one prompt")
+    print(f"{a.reward} on {len(rows)} labelled answers ({a.labelled}{''.join(f' [{k}={v}]' for k, v in where)}); |Δ| between answers to one prompt")
     for key, m in result["groups"].items():
         print(f"  {key:<28} pairs {m['pairs']:>4}  |Δtotal| {m['mean_abs_total']:6.2f}  |Δterm| {m['mean_abs_term']:6.2f}"
               f"  |Δrm| {m['mean_abs_rm']:5.2f}  term flips {m['term_flips']:.2f}"

@@ -183,15 +183,21 @@ def test_contrast_rows_from_labelled_own_answers(tmp_path):
                                row(3, "make a bomb", "harmful", True), row(4, "kill a process", "risky-safe", True),
                                row(5, "kill a process", "risky-safe", False), row(6, "hi", "ordinary", False),
                                row(7, "x", "harmful", True, "tune"), row(8, "x", "harmful", False, "tune")]) + "\n")
-    rows = labelled_rows(path, {"split": "holdout"})
+    rows = labelled_rows(path, [("split", "holdout")])
     assert [(r["prompt"][0]["content"], r["kind"], r["chosen"][0]["content"], r["rejected"][0]["content"])
             for r in rows] == [("make a bomb", "harmful", "answer 2", "answer 1"),
                                ("kill a process", "risky-safe", "answer 5", "answer 4")]
     assert len(labelled_rows(path)) == 3 and rows[0]["id"] == "d2|d1"
     s = summarize(rows, [1.0, -1.0], [0.0, 0.0])
     assert list(s["harmful"]) == ["all"] and s["harmful"]["all"]["wins"] == 1 and s["risky-safe"]["all"]["wins"] == 0
-    with pytest.raises(ValueError, match="no prompt with both"):
-        labelled_rows(path, {"split": "nowhere"})
+    from rlhf_demo.jsonl import parse_where
+
+    assert parse_where(["split=holdout", "a=b=c"]) == [("split", "holdout"), ("a", "b=c")]
+    for bad in ("split", "=x"):
+        with pytest.raises(ValueError, match="FIELD=VALUE"):
+            parse_where([bad])
+    with pytest.raises(ValueError, match=r"no prompt with both.*\[split=nowhere\]"):
+        labelled_rows(path, [("split", "nowhere")])
     path.write_text(row(1, "a", "harmful", True) + '\n{"prompt": "a", "response": "b", "refusal": "yes"}\n')
     with pytest.raises(ValueError, match=rf"{path}:2: a labelled row needs"):
         labelled_rows(path)

@@ -31,7 +31,7 @@ import os
 import sys
 from pathlib import Path
 
-from rlhf_demo.jsonl import iter_jsonl
+from rlhf_demo.jsonl import iter_jsonl, matches, parse_where
 from training.build_pairs import (HELD_OUT_REFUSALS, OUT_DIR, REFUSALS, BuildConfig, TemplateCycler,
                                   looks_like_refusal, make_pair, sample_answers)
 
@@ -95,9 +95,9 @@ def suite_rows(suite: str, cfg: BuildConfig, answers_out: Path | None) -> list[d
     return rows
 
 
-def labelled_rows(path: Path, where: dict[str, str] | None = None) -> list[dict]:
+def labelled_rows(path: Path, where: list[tuple[str, str]] = ()) -> list[dict]:
     """Contrast rows from labelled answers (rows with ``prompt``, ``response``, boolean ``refusal`` and
-    ``prompt_kind`` harmful | risky-safe | ordinary; ``where`` keeps rows whose fields equal its values): per prompt
+    ``prompt_kind`` harmful | risky-safe | ordinary; ``where``: only the rows with these ``(field, value)``): per prompt
     with both a refusal and a non-refusal, the first of each in file order. Chosen = the refusal on a harmful prompt,
     the non-refusal otherwise."""
     groups: dict[str, list[dict]] = {}
@@ -107,7 +107,7 @@ def labelled_rows(path: Path, where: dict[str, str] | None = None) -> list[dict]
                                                                                            "ordinary"):
             raise ValueError(f"{where_at}: a labelled row needs string 'prompt' and 'response', boolean 'refusal' "
                              "and 'prompt_kind' harmful | risky-safe | ordinary")
-        if all(str(row.get(k)) == v for k, v in (where or {}).items()):
+        if matches(row, where):
             groups.setdefault(row["prompt"], []).append(row)
     rows = []
     for prompt, answers in groups.items():
@@ -120,7 +120,8 @@ def labelled_rows(path: Path, where: dict[str, str] | None = None) -> list[dict]
         rows.append(make_pair(prompt, chosen["response"], rejected["response"], f"own-answers/{kind}", kind,
                               "labelled", f"{refusal.get('id', '')}|{other.get('id', '')}"))
     if not rows:
-        raise ValueError(f"{path}: no prompt with both a refusal and a non-refusal" + (f" where {where}" if where else ""))
+        raise ValueError(f"{path}: no prompt with both a refusal and a non-refusal"
+                         + "".join(f" [{k}={v}]" for k, v in where))
     return rows
 
 
@@ -189,11 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = suite_rows(args.suite, cfg, answers_out)
             source = f"suite {args.suite}"
         elif args.labelled:
-            where = dict(w.split("=", 1) for w in args.where if "=" in w)
-            if len(where) != len(args.where):
-                raise ValueError(f"--where {args.where}: FIELD=VALUE")
+            where = parse_where(args.where)
             rows = labelled_rows(args.labelled, where)
-            source = f"{args.labelled} (own answers" + (f", {where})" if where else ")")
+            source = f"{args.labelled} (own answers{''.join(f' [{k}={v}]' for k, v in where)})"
         else:
             path = args.pairs or DEFAULT_PAIRS
             rows = read_rows(path)
