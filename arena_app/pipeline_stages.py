@@ -196,6 +196,7 @@ def candidate_card(cfg, settings, current, reward, ppo_summary, run_dir) -> dict
     rv = next((v for v in Registry(settings.versions_dir).list("reward") if v.name == reward), None)
     return {"kind": "policy", "parent": current, "base_model": settings.base_model, "reward_model": reward,
             "reward_model_sha256": rv.card.get("files", {}).get("adapter_model.safetensors") if rv else None,
+            "reward_model_identity": rv.reward_identity if rv else None,
             "trainer": "arena_app.pipeline → training.ppo (PPO-max)", "config": ppo_summary.get("config"),
             "pipeline_run": str(run_dir), "best_step": ppo_summary.get("best_step"),
             "metrics": {"best_val_score": ppo_summary.get("best_val_score")}, "stopped": ppo_summary.get("stopped"),

@@ -5,7 +5,8 @@
   was trained against — its own card's ``reward_model`` / ``reward_model_sha256`` and those of its
   parents (a policy trained from ``rlhf-v0`` carries ``rlhf-v0``'s optimisation too).
   :func:`judge_conflicts` lists the evaluated policies whose training reward model is the judge
-  (the same adapter hash; the same name when a hash is missing on either side).
+  (the same reward identity — adapter, score head and safety term; the same adapter hash on an older card
+  without it; the same name when a hash is missing on either side).
 * **The default judge** (:func:`choose_reward_judge`): a dedicated judge — a reward version whose card
   has ``"role": "judge"`` (``judge-vN``, trained by ``python -m training.reward_model --role judge`` on
   judge-role data, disjoint from every training reward model's) — else the evaluation's reward model,
@@ -45,24 +46,32 @@ def training_reward_models(name: str, registry) -> list[dict]:
             break
         if v.card.get("reward_model"):
             out.append({"policy": v.name, "reward_model": v.card["reward_model"],
-                        "sha256": v.card.get("reward_model_sha256")})
+                        "sha256": v.card.get("reward_model_sha256"),
+                        "identity": v.card.get("reward_model_identity")})
         name = v.card.get("parent")
     return out
 
 
-def same_model(name_a: str, sha_a: str | None, name_b: str, sha_b: str | None) -> bool:
-    """The same reward model: equal adapter hashes when both are known, else equal names."""
+def same_model(name_a: str, sha_a: str | None, name_b: str, sha_b: str | None,
+               identity_a: str | None = None, identity_b: str | None = None) -> bool:
+    """The same reward model: equal identities (:func:`rlhf_demo.registry.reward_identity`: adapter, score head
+    and safety term) when both are known; else equal adapter hashes (an older card: two rewards sharing an
+    adapter count as one — it flags more, never less); else equal names."""
+    if identity_a and identity_b:
+        return identity_a == identity_b
     if sha_a and sha_b:
         return sha_a == sha_b
     return name_a == name_b
 
 
-def judge_conflicts(judge_name: str, judge_sha: str | None, policies: Sequence[str], registry) -> list[dict]:
+def judge_conflicts(judge_name: str, judge_sha: str | None, policies: Sequence[str], registry,
+                    judge_identity: str | None = None) -> list[dict]:
     """The evaluated policies trained against the judge: ``[{"policy", "through", "reward_model"}]``."""
     out = []
     for p in policies:
         for rec in training_reward_models(p, registry):
-            if same_model(judge_name, judge_sha, rec["reward_model"], rec["sha256"]):
+            if same_model(judge_name, judge_sha, rec["reward_model"], rec["sha256"],
+                          judge_identity, rec.get("identity")):
                 out.append({"policy": p, "through": rec["policy"], "reward_model": rec["reward_model"]})
                 break
     return out

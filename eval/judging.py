@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlhf_demo.config import Settings
+from rlhf_demo.registry import reward_identity
 
 from .judges import Judge, JudgeError, load_lm_judge, load_reward_judge, openai_judge_from_args
 
@@ -45,7 +46,7 @@ def plan_reward_judge(config: EvalConfig, settings: Settings, registry, policies
             raise
         card = {}  # a scorer that is not a registry version (tests): checked by name
     sha = card.get("files", {}).get("adapter_model.safetensors")
-    conflicts = judge_conflicts(name, sha, policies, registry)
+    conflicts = judge_conflicts(name, sha, policies, registry, judge_identity=reward_identity(card))
     plan = {"version": name, "why": why, "role": card.get("role", "reward"), "sha256": sha,
             "trained_against_by": conflicts}
     if conflicts:

@@ -386,7 +386,8 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
         try:
             rv = registry.get(reward_info["name"], kind="reward")
             reward_info["trained_against_by"] = judge_conflicts(
-                rv.name, rv.card.get("files", {}).get("adapter_model.safetensors"), policies, registry)
+                rv.name, rv.card.get("files", {}).get("adapter_model.safetensors"), policies, registry,
+                judge_identity=rv.reward_identity)
         except Exception:  # noqa: BLE001 - a stub scorer in tests, or a version from elsewhere
             pass
     report = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import hashlib
 import os
 import re
 import shutil
@@ -41,6 +42,22 @@ PREFIX = {"policy": "rlhf", "reward": "reward"}
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 REQUIRED_FILES = {"policy": ("adapter_config.json", "adapter_model.safetensors"),
                   "reward": ("adapter_config.json", "adapter_model.safetensors", "score_head.safetensors")}
+
+
+# the files whose content decides a reward version's scores (see Version.reward_identity)
+REWARD_SCORE_FILES = ("adapter_model.safetensors", "score_head.safetensors", "safety_term.npz", "safety_term.json")
+
+
+def reward_identity(card: dict) -> str | None:
+    """SHA-256 over every file that decides a reward version's scores (its card's ``files`` hashes of the
+    adapter, the score head and a composed version's safety term), so two rewards that share an adapter
+    (reward-v0 and the composed reward-v1..v3) are told apart. Policy cards record it as
+    ``reward_model_identity``; None when the card lists no adapter hash."""
+    files = card.get("files", {})
+    if not files.get("adapter_model.safetensors"):
+        return None
+    parts = [f"{n}={files[n]}" for n in REWARD_SCORE_FILES if files.get(n)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 class RegistryError(ValueError):
@@ -65,6 +82,11 @@ class Version:
         if self.path is None:
             return "base"
         return self.card.get("files", {}).get("adapter_model.safetensors", "")[:16]
+
+    @property
+    def reward_identity(self) -> str | None:
+        """See :func:`reward_identity`."""
+        return reward_identity(self.card)
 
     @property
     def number(self) -> int:

@@ -80,19 +80,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlhf_demo.config import Settings
     from rlhf_demo.jsonl import iter_jsonl, matches, parse_where
-    from rlhf_demo.safety_term import SafetyTerm
-    from rlhf_demo.scoring import load_reward_scorer, resolve_reward_version
+    from rlhf_demo.scoring import load_reward_scorer
 
     torch.set_num_threads(a.threads)
     where = parse_where(a.where)
     rows = [r for _, r in iter_jsonl(a.labelled, ValueError) if matches(r, where)]
     settings = Settings(dtype="bfloat16")
     scorer = load_reward_scorer(settings, a.reward, allow_judge=True)
-    total = np.array(scorer.score([[{"role": "user", "content": r["prompt"]},
-                                    {"role": "assistant", "content": r["response"]}] for r in rows]))
-    term_model = SafetyTerm.load(resolve_reward_version(settings, a.reward).path)
+    # the reward head's raw scores and the version's own safety term (composed versions), each computed once:
+    # total = raw + term, as RewardScorer.score composes it
+    raw = np.array(scorer.score_raw([[{"role": "user", "content": r["prompt"]},
+                                      {"role": "assistant", "content": r["response"]}] for r in rows]))
+    term_model = scorer.safety
     term = (term_model.score([r["prompt"] for r in rows], [r["response"] for r in rows]) if term_model is not None
             else np.zeros(len(rows)))
+    total = raw + term
     half_range = float(term_model.scale) if term_model is not None and term_model.signal != "linear" else 1.0
     result = {"reward": a.reward, "labelled": str(a.labelled), "where": dict(where), "answers": len(rows),
               "command": "python scripts/reward_spread.py " + " ".join(sys.argv[1:] if argv is None else argv),

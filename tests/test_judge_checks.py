@@ -12,7 +12,7 @@ from eval.judge_checks import (choose_reward_judge, human_votes, judge_agreement
                                read_preference_pairs, training_reward_models)
 from eval.judges import Judge, Verdict
 from eval.report import load_report
-from rlhf_demo.registry import Registry
+from rlhf_demo.registry import Registry, reward_identity
 
 from conftest import write_random_adapter
 from test_eval_e2e import common, suites
@@ -82,6 +82,27 @@ def test_judge_conflicts_by_hash_then_by_name():
     # another build named reward-v0 (a different hash) is not rlhf-v0's reward model
     assert [c["policy"] for c in judge_conflicts("reward-v0", "zzz", ["rlhf-v0", "rlhf-v2"], REG)] == ["rlhf-v2"]
     assert judge_conflicts("judge-v0", "jjj", ["sft", "rlhf-v0", "rlhf-v1"], REG) == []
+
+
+def test_a_composed_reward_is_not_its_adapters_plain_reward():
+    """reward-v0 and a composed reward-v3 (reward-v0's adapter + a safety term) share the adapter hash; with
+    the identity on the policy card they are told apart, and an older card (no identity) still flags."""
+    plain = {"files": {"adapter_model.safetensors": "aaa", "score_head.safetensors": "hhh"}}
+    composed = {"files": dict(plain["files"], **{"safety_term.npz": "ttt", "safety_term.json": "jjj"})}
+    assert reward_identity(plain) != reward_identity(composed) and reward_identity({"files": {}}) is None
+    assert reward_identity(composed) == reward_identity(json.loads(json.dumps(composed)))  # a pure function of the card
+    reg = FakeRegistry([
+        FakeVersion("sft", {}, is_base=True),
+        FakeVersion("rlhf-new", {"parent": "sft", "reward_model": "reward-v3", "reward_model_sha256": "aaa",
+                                 "reward_model_identity": reward_identity(composed)}),
+        FakeVersion("rlhf-old", {"parent": "sft", "reward_model": "reward-v3", "reward_model_sha256": "aaa"}),
+    ])
+    judged_by_v0 = judge_conflicts("reward-v0", "aaa", ["rlhf-new", "rlhf-old"], reg,
+                                   judge_identity=reward_identity(plain))
+    assert [c["policy"] for c in judged_by_v0] == ["rlhf-old"]  # the old card only has the adapter hash
+    judged_by_v3 = judge_conflicts("reward-v3", "aaa", ["rlhf-new", "rlhf-old"], reg,
+                                   judge_identity=reward_identity(composed))
+    assert [c["policy"] for c in judged_by_v3] == ["rlhf-new", "rlhf-old"]
 
 
 def test_the_default_judge_is_the_newest_dedicated_judge():

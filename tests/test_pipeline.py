@@ -283,6 +283,7 @@ def test_real_tiny_run_publishes_then_strict_gate_rejects(tiny_settings, tmp_pat
     assert reg.names("policy") == ["sft", "rlhf-v0"] and reg.names("reward") == ["reward-v0"]
     card = reg.get("rlhf-v0").card
     assert card["reward_model"] == "reward-v0" and card["evaluation"]["gates"]
+    assert card["reward_model_identity"] == reg.get("reward-v0").reward_identity
     runs = sorted((settings.data_dir / "pipeline" / "runs").iterdir())
     summary = json.loads((runs[-1] / "summary.json").read_text())
     report = Path(summary["report"])

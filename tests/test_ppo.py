@@ -54,6 +54,7 @@ def test_full_ppo_iteration_publishes_a_version(tiny_settings, tiny_reward, tmp_
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     version = Registry(tiny_settings.versions_dir).get("rlhf-v7")
     assert version.card["reward_model"] == "reward-v5" and version.card["best_step"] == 2
+    assert version.card["reward_model_identity"] == Registry(tiny_settings.versions_dir).get("reward-v5").reward_identity
     assert version.card["config"]["kl_coef"] == 0.05
 
 

@@ -13,9 +13,12 @@ def test_mix_spec_is_parsed_and_bad_specs_say_why():
     assert parse_source("mix").kind == "mix" and parse_source("mix:harmful=3").target == "harmful=3"
     assert parse_mix("") == {"harmful": None, "risky": None, "ordinary": None}
     assert parse_mix("harmful=5, ordinary=2") == {"harmful": 5, "risky": None, "ordinary": 2}
-    for bad in ("harmless=3", "harmful=0", "harmful=x", "harmful"):
+    assert parse_mix("harmful=4,risky=0,ordinary=0") == {"harmful": 4, "risky": 0, "ordinary": 0}
+    for bad in ("harmless=3", "harmful=-1", "harmful=x", "harmful"):
         with pytest.raises(DataError, match="KIND=N"):
             parse_mix(bad)
+    with pytest.raises(DataError, match="every kind is 0"):
+        parse_mix("harmful=0,risky=0,ordinary=0")
 
 
 def test_mix_is_balanced_by_kind_and_uses_training_role_prompts_only():
@@ -32,6 +35,9 @@ def test_mix_is_balanced_by_kind_and_uses_training_role_prompts_only():
     assert Counter(it.category for it in few) == {"harmful": 7, "sensitive": 5, "ordinary": 3}
     with pytest.raises(DataError, match="training-role"):
         public_mix_prompts("risky=100000")
+    # KIND=0 leaves a kind out; the kept kind's prompts are the same ones the balanced pool starts with
+    only = public_mix_prompts("harmful=7,risky=0,ordinary=0")
+    assert only == [it for it in few if it.category == "harmful"]
 
 
 def test_mix_pool_validates_on_validation_role_prompts_only(tiny_settings):

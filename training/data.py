@@ -276,14 +276,17 @@ MIX_SOURCES = {"harmful": ("advbench", "harmbench", "catqa", "harmfulqa", "cocon
 
 
 def parse_mix(target: str) -> dict[str, int | None]:
-    """``"harmful=200,risky=200,ordinary=200"`` -> counts per kind (None = as many as the smallest kind has)."""
+    """``"harmful=200,risky=200,ordinary=200"`` -> counts per kind (None = as many as the smallest kind has;
+    0 = none of that kind, e.g. ``harmful=288,risky=0,ordinary=0`` for a harmful-only pool)."""
     counts: dict[str, int | None] = {k: None for k in MIX_KINDS}
     for part in filter(None, (x.strip() for x in target.split(","))):
         kind, eq, n = part.partition("=")
-        if kind not in MIX_KINDS or not eq or not n.isdigit() or int(n) <= 0:
+        if kind not in MIX_KINDS or not eq or not n.isdigit():
             raise DataError(f"--prompts mix:{target}: {part!r} is not KIND=N with KIND one of "
-                            f"{', '.join(MIX_KINDS)} and N a positive number")
+                            f"{', '.join(MIX_KINDS)} and N a whole number (0 leaves the kind out)")
         counts[kind] = int(n)
+    if counts and all(n == 0 for n in counts.values()):
+        raise DataError(f"--prompts mix:{target}: every kind is 0, the pool would be empty")
     return counts
 
 
@@ -295,7 +298,8 @@ def public_mix_prompts(target: str = "", seed: int = 0) -> list[PromptItem]:
     prompts; risky (safe requests in risky words, category ``sensitive``): CoCoNot pref safety prompts;
     ordinary: Self-Instruct and the other CoCoNot pref prompts. Within a kind the sources take turns (so the
     2,000 HarmfulQA/CatQA questions do not crowd out AdvBench and HarmBench), each in a fixed shuffled order.
-    A kind without N takes as many prompts as the smallest kind offers, so the pool is balanced by default.
+    A kind without N takes as many prompts as the smallest kind offers, so the pool is balanced by default;
+    ``KIND=0`` leaves a kind out.
     """
     from rlhf_demo import external as X
 

@@ -16,7 +16,7 @@ class PPOConfig:
     prompts: list[str] = field(default_factory=lambda: ["seed"], metadata={
         "help": "prompt sources, repeatable: 'seed' (rlhf_demo/data/ppo_prompts.jsonl), 'arena' (users' prompts "
                 "from the feedback database), 'mix[:harmful=N,risky=N,ordinary=N]' (the vendored public sets' "
-                "role-'train' prompts balanced by kind, default as many of each as the smallest kind has; with "
+                "role-'train' prompts balanced by kind, default as many of each as the smallest kind has, KIND=0 leaves a kind out; with "
                 "it the validation prompts are the sets' role-'val' ones), or a .txt/.jsonl file. Evaluation "
                 "prompts are always removed."})
     max_prompts: int = field(default=0, metadata={"help": "use at most this many training prompts (0 = all)"})

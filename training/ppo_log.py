@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from rlhf_demo.registry import reward_identity
 from training import losses as L
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ def policy_card(cfg: PPOConfig, settings, roles, best: dict, rows: list[dict], s
     return {"kind": "policy", "parent": cfg.init_policy, "base_model": settings.base_model,
             "reward_model": roles.reward_name,
             "reward_model_sha256": roles.scorer.card.get("files", {}).get("adapter_model.safetensors"),
+            "reward_model_identity": reward_identity(roles.scorer.card),
             "trainer": "training.ppo (PPO-max)", "config": asdict(cfg),
             "data": {"prompts": cfg.prompts, "train_prompts": n_train, "val_prompts": n_val},
             "best_step": best["step"], "metrics": {"best": best, "final": final}, "stopped": stopped,
