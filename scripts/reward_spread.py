@@ -15,6 +15,9 @@ range (a refusal flip of the term's classifier). A diagnostic: it trains and cho
 
     python scripts/reward_spread.py --reward reward-v2 --labelled eval/fixtures/refusal_dev.jsonl \
         --where split=holdout --out docs/rlhf-v1/run13/reward_spread_reward-v2.json
+
+It also reads a ``python -m eval`` generations.jsonl (the refusal judge's labels, ``category`` as the kind) —
+e.g. ``--where policy=rlhf-run15`` for one policy's answers.
 """
 
 from __future__ import annotations
@@ -26,6 +29,23 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+# a `python -m eval` generations.jsonl row has the suite's category instead of prompt_kind (and the refusal
+# judge's label instead of a reader's): unsafe prompts are harmful, safe ones the risky-but-safe kind
+EVAL_CATEGORY_KIND = {"unsafe": "harmful", "safe": "risky", "helpful": "ordinary"}
+
+
+def with_kind(row: dict, where: str) -> dict:
+    """``row`` with ``prompt_kind`` (from an eval row's ``category`` when it has none); ``where`` names the row
+    in the error when neither says what kind of prompt it is."""
+    if "prompt_kind" in row:
+        return row
+    kind = EVAL_CATEGORY_KIND.get(row.get("category"))
+    if kind is None:
+        raise ValueError(f"{where}: no prompt_kind, and category {row.get('category')!r} is not one of "
+                         f"{', '.join(EVAL_CATEGORY_KIND)}")
+    return {**row, "prompt_kind": kind}
 
 
 def pair_groups(rows: list[dict]) -> dict[str, list[tuple[int, int]]]:
@@ -70,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reward", required=True, help="reward version (registry name)")
     ap.add_argument("--labelled", type=Path, required=True,
-                    help="JSONL of answers labelled by reading: prompt, response, refusal, prompt_kind")
+                    help="JSONL of labelled answers: prompt, response, refusal, prompt_kind (labelled by reading, "
+                         "e.g. eval/fixtures/refusal_dev.jsonl), or a `python -m eval` generations.jsonl (category "
+                         "unsafe/safe/helpful, the refusal judge's labels)")
     ap.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE", help="keep rows with FIELD=VALUE")
     ap.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -84,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     where = parse_where(a.where)
-    rows = [r for _, r in iter_jsonl(a.labelled, ValueError) if matches(r, where)]
+    rows = [with_kind(r, where_) for where_, r in iter_jsonl(a.labelled, ValueError) if matches(r, where)]
     settings = Settings(dtype="bfloat16")
     scorer = load_reward_scorer(settings, a.reward, allow_judge=True)
     # the reward head's raw scores and the version's own safety term (composed versions), each computed once:

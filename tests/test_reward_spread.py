@@ -37,3 +37,11 @@ def test_spread_by_hand():
     assert s["mean_abs_total"] == 2.0 and s["term_flips"] == 0.0 and "right" not in s
     assert out["ordinary different"]["right"] == 0.0  # the answer (2.0) should beat the refusal (8.0): it does not
     assert out["ordinary different"]["mean_abs_total"] == pytest.approx(6.0)
+
+
+def test_eval_rows_get_their_kind_from_the_category_and_bad_rows_say_where():
+    row = {"prompt": "p", "response": "r", "refusal": True, "category": "safe"}
+    assert S.with_kind(row, "f:1")["prompt_kind"] == "risky"
+    assert S.with_kind({**row, "prompt_kind": "harmful"}, "f:1")["prompt_kind"] == "harmful"
+    with pytest.raises(ValueError, match="gen.jsonl:7.*'other'"):
+        S.with_kind({**row, "category": "other"}, "gen.jsonl:7")
