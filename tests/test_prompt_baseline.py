@@ -145,6 +145,8 @@ def test_rloo_advantage_needs_a_prompt_baseline(tiny_settings, capsys):
     assert "--advantage rloo needs a prompt baseline" in capsys.readouterr().err
     assert ppo.main(base + ["vtrace"]) == 2
     assert "'gae' or 'rloo'" in capsys.readouterr().err
+    assert ppo.main(base + ["gae", "--group-std-scale"]) == 2  # one answer per prompt: no group to scale by
+    assert "--group-std-scale needs grouped rollouts" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -161,3 +163,17 @@ def test_ppo_learns_the_toy_reward_with_the_rloo_advantage(tmp_path, tokenizer, 
     assert statistics.mean(last) - statistics.mean(first) > 3 * noise, (reward, noise)
     readout = [r["train/readout_score"] for r in all_rows if "train/readout_score" in r]
     assert len(readout) == 2 and readout[1] - readout[0] > 0.5, readout
+
+
+def test_group_std_by_hand():
+    # groups [1, 3] (std 1) and [2, 2, ...]: k=2 -> [1, 3], [6, 6]; population std 1 and 0 (floored)
+    s = torch.tensor([1.0, 3.0, 6.0, 6.0])
+    assert torch.allclose(PB.group_std(s, 2), torch.tensor([1.0, 1.0, 1e-6, 1e-6]))
+    # k=3: [0, 3, 6] -> std sqrt(6); [1, 1, 4] -> std sqrt(2)
+    s3 = torch.tensor([0.0, 3.0, 6.0, 1.0, 1.0, 4.0])
+    assert torch.allclose(PB.group_std(s3, 3), torch.tensor([6.0 ** 0.5] * 3 + [2.0 ** 0.5] * 3))
+    # what --group-std-scale does to two prompts whose answers differ by 10 and by 2: the same advantages
+    two = torch.tensor([10.0, 0.0, 2.0, 0.0])
+    scaled = (two - PB.prompt_baseline(two, 2, "loo")) / PB.group_std(two, 2)
+    assert scaled.tolist() == [2.0, -2.0, 2.0, -2.0]
+    assert PB.group_std(s, 1).tolist() == [1.0] * 4

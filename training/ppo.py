@@ -142,6 +142,8 @@ def make_experience(roles: ActorCriticRoles, ro: Rollout, cfg: PPOConfig, moment
     base = scores
     if cfg.samples_per_prompt > 1:
         base = scores - PB.prompt_baseline(scores, cfg.samples_per_prompt, cfg.prompt_baseline)
+        if cfg.group_std_scale:  # GRPO: each prompt's answers on one scale
+            base = base / PB.group_std(scores, cfg.samples_per_prompt)
     # PPO-max: reward normalisation and clipping with running moments
     shaped = base.clone()
     if cfg.reward_normalize:
@@ -319,6 +321,8 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     PB.check_groups(cfg.rollout_batch_size, cfg.samples_per_prompt, cfg.prompt_baseline)  # whole groups, or error now
     if cfg.advantage not in ("gae", "rloo"):
         raise ValueError(f"--advantage {cfg.advantage!r}: 'gae' or 'rloo'")
+    if cfg.group_std_scale and cfg.samples_per_prompt < 2:
+        raise ValueError("--group-std-scale needs grouped rollouts: --samples-per-prompt K > 1")
     if cfg.advantage == "rloo" and (cfg.samples_per_prompt < 2 or cfg.prompt_baseline == "none"):
         raise ValueError("--advantage rloo needs a prompt baseline: --samples-per-prompt K > 1 and "
                          "--prompt-baseline loo (or mean); without one the advantage is the raw score")

@@ -68,6 +68,10 @@ class PPOConfig:
                 "the other K-1 (RLOO; unbiased), mean = the group mean (GRPO without the std), none = no baseline "
                 "(training/prompt_baseline.py)",
         "choices": ["loo", "mean", "none"]})
+    group_std_scale: bool = field(default=False, metadata={
+        "help": "with --samples-per-prompt K > 1: also divide each answer's baselined score by the std of its "
+                "prompt's K scores (GRPO), so prompts whose answers differ little weigh as much as those whose "
+                "answers differ a lot (training/prompt_baseline.py group_std)"})
     response_length: int = field(default=48, metadata={"help": "longest sampled answer, in tokens"})
     temperature: float = field(default=1.0, metadata={
         "help": "rollout sampling temperature; PPO scores the answers under the same tempered distribution "

@@ -63,6 +63,19 @@ def prompt_baseline(scores: torch.Tensor, k: int, mode: str = "loo") -> torch.Te
     return base.reshape(-1)
 
 
+def group_std(scores: torch.Tensor, k: int, floor: float = 1e-6) -> torch.Tensor:
+    """The population std of each row's group (k consecutive rows), at least ``floor``: ``--group-std-scale``
+    divides the baselined scores by it, as GRPO does (Shao et al. 2024), so every prompt's answers reach the
+    advantages on one scale — a prompt kind whose answers differ by less (the risky-but-safe prompts under a
+    composed reward) weighs as much as one whose answers differ by more. Dr. GRPO (Liu et al. 2025) argues
+    against it (it up-weights groups that barely differ); it is off by default."""
+    check_groups(scores.shape[0], k)
+    if k == 1:
+        return torch.ones_like(scores)
+    std = scores.reshape(-1, k).float().std(-1, unbiased=False, keepdim=True).clamp_min(floor)
+    return std.expand(-1, k).reshape(-1).to(scores.dtype)
+
+
 def group_stats(scores: torch.Tensor, k: int) -> dict[str, float]:
     """What a grouped batch says about the reward's variance: the spread of the group means (what a per-prompt
     baseline removes: ``reward/prompt_baseline_std``) and the mean within-group std (what is left for the policy to
