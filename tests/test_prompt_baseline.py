@@ -166,7 +166,7 @@ def test_ppo_learns_the_toy_reward_with_the_rloo_advantage(tmp_path, tokenizer, 
 
 
 def test_group_std_by_hand():
-    # groups [1, 3] (std 1) and [2, 2, ...]: k=2 -> [1, 3], [6, 6]; population std 1 and 0 (floored)
+    # k=2: groups [1, 3] (population std 1) and [6, 6] (std 0, floored at 1e-6)
     s = torch.tensor([1.0, 3.0, 6.0, 6.0])
     assert torch.allclose(PB.group_std(s, 2), torch.tensor([1.0, 1.0, 1e-6, 1e-6]))
     # k=3: [0, 3, 6] -> std sqrt(6); [1, 1, 4] -> std sqrt(2)
