@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 # a `python -m eval` generations.jsonl row has the suite's category instead of prompt_kind (and the refusal
-# judge's label instead of a reader's): unsafe prompts are harmful, safe ones the risky-but-safe kind
-EVAL_CATEGORY_KIND = {"unsafe": "harmful", "safe": "risky", "helpful": "ordinary"}
+# judge's label instead of a reader's): unsafe prompts are harmful, safe ones risky-safe, as XSTest's labels are read
+# in rlhf_demo.external (its KINDS: harmful | risky-safe | ordinary)
+EVAL_CATEGORY_KIND = {"unsafe": "harmful", "safe": "risky-safe", "helpful": "ordinary"}
 
 
 def with_kind(row: dict, where: str) -> dict:

@@ -41,7 +41,7 @@ def test_spread_by_hand():
 
 def test_eval_rows_get_their_kind_from_the_category_and_bad_rows_say_where():
     row = {"prompt": "p", "response": "r", "refusal": True, "category": "safe"}
-    assert S.with_kind(row, "f:1")["prompt_kind"] == "risky"
+    assert S.with_kind(row, "f:1")["prompt_kind"] == "risky-safe"
     assert S.with_kind({**row, "prompt_kind": "harmful"}, "f:1")["prompt_kind"] == "harmful"
     with pytest.raises(ValueError, match="gen.jsonl:7.*'other'"):
         S.with_kind({**row, "category": "other"}, "gen.jsonl:7")
