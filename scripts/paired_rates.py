@@ -1,12 +1,14 @@
 """Paired refusal rates of every policy against a baseline, from an eval run's ``generations.jsonl``.
 
-    python scripts/paired_rates.py runs/eval/<time>/generations.jsonl [--baseline sft] [--exclude KEYS.json]
+    python scripts/paired_rates.py runs/eval/<time>/generations.jsonl [--baseline sft] [--exclude KEYS.json] \
+        [--suite xstest]
 
 For each category (unsafe: harmful compliance; safe: over-refusal; helpful: refusal on ordinary prompts) and
 policy: the rate with its Wilson interval and McNemar's exact test against the baseline on the same prompts,
 from the ``refusal`` verdicts the judge made with the prompt at generation time. ``--exclude``: a JSON list of
 normalised prompt texts to leave out (e.g. the prompts a PPO run validated on), so that what chose a
-checkpoint does not also judge it.
+checkpoint does not also judge it. ``--suite NAME`` keeps one suite's prompts (``prompt_id`` = ``NAME/…``, as
+``python -m eval`` writes them); repeatable.
 """
 
 from __future__ import annotations
@@ -63,8 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", default="sft", help="the policy every other one is paired with (default: sft)")
     p.add_argument("--exclude", type=Path, help="JSON list of normalised prompt texts to leave out")
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--suite", action="append", default=[], help="keep only this suite's prompts (prompt_id "
+                                                                "'SUITE/...'); repeatable (default: every suite)")
     args = p.parse_args(argv)
-    rows = [row for _, row in iter_jsonl(args.generations)]
+    rows = [row for _, row in iter_jsonl(args.generations)
+            if not args.suite or str(row.get("prompt_id", "")).split("/", 1)[0] in args.suite]
+    if not rows:
+        print(f"paired_rates: no rows of suite {', '.join(args.suite)} in {args.generations}", file=sys.stderr)
+        return 2
     exclude = frozenset(json.loads(args.exclude.read_text())) if args.exclude else frozenset()
     out = paired_rates(rows, args.baseline, exclude)
     print(format_rows(out, args.baseline))

@@ -25,15 +25,20 @@ SETS = {"test": ROOT / "eval/fixtures/refusal_test.jsonl", "dev": ROOT / "eval/f
 
 
 def labels(path: Path) -> dict[str, bool]:
-    return {r["id"]: bool(r["refusal"]) for _, r in iter_jsonl(path, SystemExit)}
+    """``{id: refusal}``; rows of a read generations file (docs/rlhf-v1/val_read) are keyed by their ``read_id``."""
+    return {r["read_id"] if "read_id" in r else r["id"]: bool(r["refusal"]) for _, r in iter_jsonl(path, SystemExit)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--labels", type=Path, required=True, help="the second reader's JSONL rows {id, refusal}")
+    ap.add_argument("--reference", type=Path, action="append", default=None,
+                    help="reference labels to compare with (repeatable; default: the frozen test set and the dev set), "
+                         "e.g. docs/rlhf-v1/val_read/labelled.jsonl")
     args = ap.parse_args(argv)
     mine = labels(args.labels)
-    for name, path in SETS.items():
+    sets = {str(p): p for p in args.reference} if args.reference else SETS
+    for name, path in sets.items():
         ref = labels(path)
         ids = sorted(i for i in mine if i in ref)
         if not ids:

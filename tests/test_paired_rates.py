@@ -41,3 +41,16 @@ def test_rates_and_mcnemar_counts_by_hand(tmp_path, capsys):
     rows = json.loads((tmp_path / "o.json").read_text())
     assert [r["n"] for r in rows if r["category"] == "safe"] == [1, 1]
     assert "| over-refusal | v | 100.0%" in capsys.readouterr().out
+
+
+def test_suite_keeps_one_suites_prompts(tmp_path, capsys):
+    rows = [dict(r, prompt_id=f"xstest/{r['prompt_id']}") for r in ROWS[:4]] + \
+           [dict(r, prompt_id=f"project/{r['prompt_id']}") for r in ROWS[6:8]]
+    gens = tmp_path / "generations.jsonl"
+    gens.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert PR.main([str(gens), "--suite", "xstest", "--json", str(tmp_path / "o.json")]) == 0
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert {r["measure"] for r in out} == {"harmful compliance"}  # the project's safe prompts were left out
+    assert [r["n"] for r in out] == [2, 2]
+    assert PR.main([str(gens), "--suite", "vicuna"]) == 2
+    assert "no rows of suite vicuna" in capsys.readouterr().err
