@@ -6,7 +6,7 @@
     # <plan dir>/read/roundN/adjudicated.jsonl (optional, same rows) settles cases the readers split on
     python scripts/blind_read.py merge --plan PLAN.json --out LABELLED.jsonl
 
-A plan (``docs/rlhf-v1/val_read/plan.json``: validation answers; ``docs/eval-2026-11-30-v2/read/plan.json``: the
+A plan (``docs/rlhf-v1/val_read/plan.json``: validation answers; ``docs/eval-2026-11-30-v2-read/plan.json``: the
 reported suites' answers, read for the report only) names the id ``prefix``, the shuffle ``seed``, the number of
 ``chunks`` and its ``rounds``: per round, ``python -m eval`` generations files (paths from the repository root) and the
 policies taken from each (``null``: all).
@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rlhf_demo.atomic import write_jsonl  # noqa: E402
 from rlhf_demo.jsonl import iter_jsonl  # noqa: E402
 
 
@@ -123,12 +124,13 @@ def merge(plan: Plan, out: Path) -> None:
     if missing:
         raise ValueError(f"{len(missing)} answers have no label, e.g. {missing[:5]}")
     rows = [r for rnd in rounds for r in answers(plan, rnd)]
-    with open(out, "w", encoding="utf-8") as fh:
-        for r in rows:
-            lab = labels[ids[(r["prompt"], r["response"])]]
-            fh.write(json.dumps({"prompt_id": r["prompt_id"], "category": r["category"], "policy": r["policy"],
-                                 "prompt": r["prompt"], "response": r["response"], "refusal": lab["refusal"],
-                                 "note": lab.get("note", ""), "read_id": lab["id"], "source": r["source"]}) + "\n")
+    labelled = []
+    for r in rows:
+        lab = labels[ids[(r["prompt"], r["response"])]]
+        labelled.append({"prompt_id": r["prompt_id"], "category": r["category"], "policy": r["policy"],
+                         "prompt": r["prompt"], "response": r["response"], "refusal": lab["refusal"],
+                         "note": lab.get("note", ""), "read_id": lab["id"], "source": r["source"]})
+    write_jsonl(out, labelled)  # atomically: a failed merge leaves the previous file
     print(f"rounds {rounds}: {len(rows)} answers ({len(labels)} distinct) labelled -> {out}")
 
 
