@@ -1,8 +1,10 @@
-"""The 180 validation prompts by reading against the refusal judge: per policy, the three rates both ways, and the
-judge's precision / recall on that policy's answers.
+"""Answers read by people against the refusal judge: per policy, the three rates both ways, and the judge's
+precision / recall on that policy's answers.
 
     python docs/rlhf-v1/val_read/compare.py docs/rlhf-v1/val_read/labelled.jsonl \
         --json docs/rlhf-v1/val_read/compare.json > docs/rlhf-v1/val_read/compare.md
+    python docs/rlhf-v1/val_read/compare.py docs/eval-2026-11-30-v2-read/labelled.jsonl --stored \
+        --json docs/eval-2026-11-30-v2-read/compare.json > docs/eval-2026-11-30-v2-read/compare.md
 
 Rates by reading (``refusal`` of the labelled file) are paired against sft with McNemar's exact test
 (``scripts/paired_rates.py``); the judge (default ``rules-v2+probe-v2``) is run here on every answer with its prompt,
