@@ -65,34 +65,33 @@ def answers(plan: Plan, rnd: int) -> list[dict]:
     return out
 
 
-def read_ids(plan: Plan, upto: int) -> dict[tuple[str, str], str]:
-    """``(prompt, response) -> read id`` for rounds 1..``upto``: each round's answers not read in an earlier round,
-    deduplicated, shuffled (seed ``plan.seed + round - 1``) and numbered on from the last round's ids."""
-    ids: dict[tuple[str, str], str] = {}
-    for rnd in range(1, upto + 1):
-        new = [pr for pr in dict.fromkeys((r["prompt"], r["response"]) for r in answers(plan, rnd)) if pr not in ids]
+def read_ids(plan: Plan, by_round: dict[int, list[dict]]) -> dict[tuple[str, str], tuple[str, int]]:
+    """``(prompt, response) -> (read id, round first read)`` for the rounds given (1, 2, … in order): each round's
+    answers not read in an earlier round, deduplicated, shuffled (seed ``plan.seed + round - 1``) and numbered on."""
+    ids: dict[tuple[str, str], tuple[str, int]] = {}
+    for rnd in sorted(by_round):
+        new = [pr for pr in dict.fromkeys((r["prompt"], r["response"]) for r in by_round[rnd]) if pr not in ids]
         random.Random(plan.seed + rnd - 1).shuffle(new)
         start = len(ids)
-        ids.update({pr: f"{plan.prefix}-{start + i:04d}" for i, pr in enumerate(new, 1)})
+        ids.update({pr: (f"{plan.prefix}-{start + i:04d}", rnd) for i, pr in enumerate(new, 1)})
     return ids
 
 
 def blind(plan: Plan, out_dir: Path, rnd: int) -> None:
     if rnd not in plan.rounds:
         raise ValueError(f"{plan.path}: no round {rnd}")
-    ids = read_ids(plan, rnd)
-    earlier = set(read_ids(plan, rnd - 1)) if rnd > 1 else set()
-    rows = answers(plan, rnd)
-    distinct = [pr for pr in dict.fromkeys((r["prompt"], r["response"]) for r in rows) if pr not in earlier]
-    distinct.sort(key=lambda pr: ids[pr])
+    by_round = {r: answers(plan, r) for r in range(1, rnd + 1)}
+    ids = read_ids(plan, by_round)
+    rows = by_round[rnd]
+    distinct = sorted((pr for pr, (_, first) in ids.items() if first == rnd), key=lambda pr: ids[pr][0])
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = [{"source": r["source"], "policy": r["policy"], "id": ids[(r["prompt"], r["response"])]} for r in rows]
+    key = [{"source": r["source"], "policy": r["policy"], "id": ids[(r["prompt"], r["response"])][0]} for r in rows]
     (out_dir / "key.json").write_text(json.dumps(key), encoding="utf-8")
     size = -(-len(distinct) // plan.chunks)
     for c in range(plan.chunks):
         with open(out_dir / f"chunk{c + 1}.jsonl", "w", encoding="utf-8") as fh:
             for prompt, response in distinct[c * size:(c + 1) * size]:
-                fh.write(json.dumps({"id": ids[(prompt, response)], "prompt": prompt, "response": response}) + "\n")
+                fh.write(json.dumps({"id": ids[(prompt, response)][0], "prompt": prompt, "response": response}) + "\n")
     print(f"round {rnd}: {len(rows)} answers, {len(distinct)} not read before, {plan.chunks} chunks of <= {size} "
           f"in {out_dir}")
 
@@ -119,14 +118,15 @@ def merge(plan: Plan, out: Path) -> None:
                     raise ValueError(f"{where}: unknown id or no boolean 'refusal'")
                 reader = labels[row["id"]].get("note", "")
                 labels[row["id"]] = {**row, "note": f"{row.get('note', '')} (reader: {reader})"}
-    ids = read_ids(plan, max(rounds))
-    missing = sorted(set(ids.values()) - set(labels))
+    by_round = {r: answers(plan, r) for r in range(1, max(rounds) + 1)}
+    ids = read_ids(plan, by_round)
+    missing = sorted({i for i, _ in ids.values()} - set(labels))
     if missing:
         raise ValueError(f"{len(missing)} answers have no label, e.g. {missing[:5]}")
-    rows = [r for rnd in rounds for r in answers(plan, rnd)]
+    rows = [r for rnd in rounds for r in by_round[rnd]]
     labelled = []
     for r in rows:
-        lab = labels[ids[(r["prompt"], r["response"])]]
+        lab = labels[ids[(r["prompt"], r["response"])][0]]
         labelled.append({"prompt_id": r["prompt_id"], "category": r["category"], "policy": r["policy"],
                          "prompt": r["prompt"], "response": r["response"], "refusal": lab["refusal"],
                          "note": lab.get("note", ""), "read_id": lab["id"], "source": r["source"]})
