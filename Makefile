@@ -73,7 +73,7 @@ train-ppo: venv
 
 # The shipped rlhf-v2 (docs/rlhf-v1/run20): rlhf-v1's run again (bit for bit: its iteration 10 is rlhf-v1), keeping
 # every second checkpoint; iteration 8 is the one the shipping rule chose on the 180 validation prompts labelled by
-# reading (docs/rlhf-v1/val_read). ~15 min at 2 threads. The run's own best (= rlhf-v1) goes to a scratch registry;
+# reading (docs/rlhf-v1/val_read). ~17 min at 2 threads. The run's own best (= rlhf-v1) goes to a scratch registry;
 # RUN20 and V2_DIR say where the run and the new version go (V2_DIR=rlhf_demo/versions rebuilds the shipped one).
 RUN20 ?= runs/ppo-run20
 V2_DIR ?= runs/rebuilt
