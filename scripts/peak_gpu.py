@@ -21,6 +21,8 @@ def main() -> int:
         return 0 if len(sys.argv) >= 2 else 2
     import torch
 
+    # `python scripts/peak_gpu.py` puts scripts/ first on sys.path; the modules it runs live at the repo root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     module, args = sys.argv[1], sys.argv[2:]
     sys.argv = [module] + args
     if torch.cuda.is_available():

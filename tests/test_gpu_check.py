@@ -27,3 +27,13 @@ def test_peak_gpu_runs_a_module_and_reports(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "[gpu_check] json.tool: rc=0" in proc.stdout
     assert '"module": "json.tool"' in (tmp_path / "rows.jsonl").read_text()
+
+
+def test_peak_gpu_finds_the_projects_modules_from_anywhere(tmp_path):
+    # gpu_check.sh runs `python scripts/peak_gpu.py training.reward_model …`: python puts scripts/ first on sys.path,
+    # so the project's packages must be found by the script itself (a dry run of gpu_check.sh failed here once).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "peak_gpu.py"), "rlhf_demo.generate", "--help"],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "[gpu_check] rlhf_demo.generate: rc=0" in proc.stdout
