@@ -99,6 +99,41 @@ class Generation:
                 "source": self.prompt.source, "meta": self.prompt.meta, "reused": self.reused}
 
 
+def decoding_settings(settings: Settings) -> Settings:
+    """The settings eval decodes with: ``--dtype auto`` means float32 here, not the arena's serving dtype.
+
+    In bfloat16 a greedy answer depends on its batch neighbours (padding, mixed adapters): on this project's CPU 42–47
+    of 60 answers of one policy changed with the batch layout, none in float32 (docs/decode-noise/README.md). Eval
+    compares policies answer by answer, so it pays float32's ~2x decoding time; ``--dtype bfloat16`` asks for speed."""
+    from dataclasses import replace
+
+    if settings.dtype == "auto" and not settings.load_in_4bit:
+        return replace(settings, dtype="float32")
+    return settings
+
+
+def check_reuse_dtype(path: Path, decoding_dtype: str) -> None:
+    """Refuse to mix answers decoded in another dtype (recorded in the earlier report.json); warn when unrecorded."""
+    path = Path(path)
+    report = (path if path.is_dir() else path.parent) / "report.json"
+    earlier = None
+    if report.is_file():
+        import json
+
+        try:
+            earlier = (json.loads(report.read_text(encoding="utf-8")).get("settings") or {}).get("decoding_dtype")
+        except (OSError, ValueError):
+            earlier = None
+    if earlier is None:
+        log(f"warning: --reuse-generations {path}: the earlier run's decoding dtype is not recorded (eval before "
+            f"2026-11-30 decoded in the serving dtype, bfloat16 on CPUs with native bf16); this run decodes in "
+            f"{decoding_dtype}, and answers can differ with the dtype alone (docs/decode-noise/README.md)")
+    elif earlier != decoding_dtype:
+        raise ValueError(f"--reuse-generations {path}: its answers were decoded in {earlier}, this run decodes in "
+                         f"{decoding_dtype}; greedy answers change with the dtype (docs/decode-noise/README.md). "
+                         f"Run with --dtype {earlier} to match, or without --reuse-generations")
+
+
 def read_previous_generations(path: Path) -> dict[tuple[str, str, str], dict]:
     """Rows of an earlier run's generations.jsonl keyed by (prompt id, policy, prompt text)."""
     path = Path(path)
@@ -194,14 +229,19 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
 
     # -- load the model once; every policy is an adapter on it ------------------------------
     t0 = time.monotonic()
-    server = PolicyServer.from_settings(settings, registry=registry, max_batch=config.batch_size)
+    server = PolicyServer.from_settings(decoding_settings(settings), registry=registry, max_batch=config.batch_size)
+    decoding_dtype = str(server.base.dtype).replace("torch.", "")
+    log(f"decoding in {decoding_dtype} (--dtype {settings.dtype})")
     try:
         for name in policies:
             server.ensure_policy(name)
         timings["load_s"] = time.monotonic() - t0
 
         # -- generations ------------------------------------------------------------------------
-        previous = read_previous_generations(config.reuse_generations) if config.reuse_generations else {}
+        previous = {}
+        if config.reuse_generations:
+            check_reuse_dtype(config.reuse_generations, decoding_dtype)
+            previous = read_previous_generations(config.reuse_generations)
         jobs: list[Generation] = []
         for p in prompts:
             limit = config.safety_max_new_tokens if p.category in SAFETY else config.max_new_tokens
@@ -409,7 +449,7 @@ def run(config: EvalConfig, settings: Settings, registry=None) -> Path:
                      "also_reported": BASELINE_NAME if config.detector == "ours" else DETECTOR_NAME},
         "suites": [s.describe() for s in suites],
         "settings": {"base_model": settings.base_model, "device": settings.resolved_device(),
-                     "dtype": settings.dtype, "load_in_4bit": settings.load_in_4bit,
+                     "dtype": settings.dtype, "decoding_dtype": decoding_dtype, "load_in_4bit": settings.load_in_4bit,
                      "decoding": "greedy", "max_new_tokens": config.max_new_tokens,
                      "safety_max_new_tokens": config.safety_max_new_tokens,
                      "repetition_penalty": config.repetition_penalty, "batch_size": config.batch_size,
