@@ -11,7 +11,7 @@ import datetime as _dt
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rlhf_demo.config import Settings
@@ -105,8 +105,6 @@ def decoding_settings(settings: Settings) -> Settings:
     In bfloat16 a greedy answer depends on its batch neighbours (padding, mixed adapters): on this project's CPU 42–47
     of 60 answers of one policy changed with the batch layout, none in float32 (docs/decode-noise/README.md). Eval
     compares policies answer by answer, so it pays float32's ~2x decoding time; ``--dtype bfloat16`` asks for speed."""
-    from dataclasses import replace
-
     if settings.dtype == "auto" and not settings.load_in_4bit:
         return replace(settings, dtype="float32")
     return settings
@@ -118,10 +116,10 @@ def check_reuse_dtype(path: Path, decoding_dtype: str) -> None:
     report = (path if path.is_dir() else path.parent) / "report.json"
     earlier = None
     if report.is_file():
-        import json
+        from .report import load_report
 
         try:
-            earlier = (json.loads(report.read_text(encoding="utf-8")).get("settings") or {}).get("decoding_dtype")
+            earlier = (load_report(report).get("settings") or {}).get("decoding_dtype")
         except (OSError, ValueError):
             earlier = None
     if earlier is None:

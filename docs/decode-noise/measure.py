@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         result.setdefault("answers", {})[dtype] = {name: {prompts[i][0]: tok.decode(a, skip_special_tokens=True)
                                                           for i, a in got.items()} for name, got in answers.items()}
         print(json.dumps({dtype: row}), flush=True)
-        del server
+        server.close()
     write_json(args.out, result)
     return 0
 
