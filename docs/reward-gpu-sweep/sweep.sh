@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One scalar reward model with more capacity: does it pass issue 12's reward bars where the CPU candidates
-# (LoRA on the top 8 layers, docs/reward-v1/README.md "one scalar head") did not? Run on a GPU (~5 min on an
-# H200, the variants in parallel); every number is on validation data only (in-run held-out seed pairs,
+# (LoRA on the top 8 layers, docs/reward-v1/README.md "one scalar head") did not? For a GPU (~5 min on an
+# H200 by estimate, not measured; the variants in parallel); every number is on validation data only (in-run held-out seed pairs,
 # pairs/hh_heldout.jsonl, pairs/heldout_val.jsonl, pairs/contrast_val.jsonl). XSTest is not touched here.
 #
 #   bash docs/reward-gpu-sweep/sweep.sh OUT_DIR [MAX_STEPS]     # MAX_STEPS: a smoke test on a CPU
@@ -9,6 +9,7 @@
 # Each variant trains from the SFT base (no reward-v0 adapter) with LoRA on every layer, is published into
 # the data dir's registry as cand-<name>, and is scored by the project's own commands.
 set -uo pipefail
+case "${1:-}" in -h|--help) sed -n '2,10p' "$0"; exit 0;; esac
 cd "$(dirname "$0")/../.."
 OUT_DIR=${1:?OUT_DIR}
 MAX=${2:-}
