@@ -47,11 +47,12 @@ test-all: venv
 bench: venv
 	$(PY) bench/generation.py
 
-# The shipped rlhf-v0: PPO-max from the SFT model against reward-v0 on the seed prompts, seeded.
+# The shipped rlhf-v0: PPO-max from the SFT model against reward-v0 on the seed prompts, seeded (validated in bfloat16
+# as it was made: --val-dtype same).
 PPO_V0_ARGS ?= --reward-model reward-v0 --prompts seed --iterations 45 --rollout-batch-size 8 \
 	--mini-batch-size 4 --ppo-epochs 2 --response-length 48 --lora-layers 8 --policy-lr 2e-4 \
 	--critic-lr 1e-4 --critic-from-reward --kl-coef 0.05 --ptx-coef 1.0 --ptx-categories all --critic-warmup 2 --eval-every 3 \
-	--val-prompts 60 --best-metric val/refusal_margin --seed 0 --dtype bfloat16 --threads 1 \
+	--val-prompts 60 --best-metric val/refusal_margin --seed 0 --dtype bfloat16 --val-dtype same --threads 1 \
 	--publish-dir rlhf_demo/versions --name rlhf-v0
 train-ppo-v0: venv
 	$(PY) -m training.ppo $(PPO_V0_ARGS) $(ARGS)
@@ -63,11 +64,13 @@ train-ppo-v0: venv
 # val-role prompts), then checked on 180 labelled val-role prompts before shipping. Needs reward-v2 and dpo-v1
 # (make train-reward-v2, make train-dpo-v1). rlhf-v1 is shipped, so rerun it under another name:
 # make train-ppo ARGS='--name rlhf-v1b'. Run 1's recipe (reward-v1 from SFT, not shipped): docs/rlhf-v1/README.md.
+# --val-dtype same: these versions' checkpoints were chosen on validation answers decoded in bfloat16, as here; a new
+# run's default is float32 (greedy bfloat16 answers move with their batch: docs/decode-noise/README.md).
 PPO_V1_ARGS ?= --reward-model reward-v2 --init-policy dpo-v1 --prompts mix:harmful=288,risky=144,ordinary=144 seed \
 	--iterations 30 --rollout-batch-size 16 --mini-batch-size 8 --ppo-epochs 4 --response-length 48 --lora-layers 8 \
 	--policy-lr 2e-4 --critic-lr 3e-4 --critic-warmup 6 --kl-coef 0.05 --ptx-coef 0 --eos-penalty -1 --val-prompts 48 \
 	--eval-every 10 --best-metric val/refusal_margin --seed 0 --dtype bfloat16 --threads 2 --samples-per-prompt 4 \
-	--prompt-baseline loo --temperature 0.7 --publish-dir rlhf_demo/versions --name rlhf-v1
+	--prompt-baseline loo --temperature 0.7 --val-dtype same --publish-dir rlhf_demo/versions --name rlhf-v1
 train-ppo: venv
 	$(PY) -m training.ppo $(PPO_V1_ARGS) $(ARGS)
 

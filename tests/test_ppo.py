@@ -304,3 +304,67 @@ def test_critic_initialisations(tiny_settings, tiny_reward):
             assert not roles.critic_head.linear.weight.any() and not roles.critic_head.linear.bias.any()
             assert not roles.values(ids, attn).any()
         assert roles.critic_head.linear.weight.requires_grad
+
+
+@pytest.mark.parametrize("val_dtype", ["float32", "same"])
+def test_validation_decodes_in_val_dtype_and_training_goes_on_in_its_own(tiny_settings, tiny_reward, tmp_path,
+                                                                          monkeypatch, val_dtype):
+    # a run trained in bfloat16 validates (and reads out) in float32 by default, then trains on in bfloat16 with
+    # its adapters untouched by the round trip (rlhf_demo/precision.py)
+    from dataclasses import replace
+
+    seen = []
+    real = ppo.validate
+
+    def recording(roles, *args, **kw):
+        seen.append({p.dtype for p in roles.model.parameters()})
+        return real(roles, *args, **kw)
+
+    updating = []
+    real_update = ppo.ppo_update
+
+    def recording_update(roles, *args, **kw):
+        updating.append({p.dtype for p in roles.model.parameters()})
+        return real_update(roles, *args, **kw)
+
+    monkeypatch.setattr(ppo, "validate", recording)
+    monkeypatch.setattr(ppo, "ppo_update", recording_update)
+    settings = replace(tiny_settings, dtype="bfloat16")
+    cfg = tiny_cfg(tmp_path, iterations=2, eval_every=1, publish=False, lora_layers=1, val_dtype=val_dtype)
+    summary = train(cfg, settings)
+    assert summary["iterations"] == 2
+    assert len(updating) == 2 and all(torch.bfloat16 in s for s in updating), updating  # trained in bfloat16
+    inside = {torch.float32} if val_dtype == "float32" else updating[0]  # same: bfloat16 base, float32 adapters
+    assert len(seen) == 3 and all(s == inside for s in seen), seen  # the starting policy and each iteration
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "policy/loss" in rows[-1] and math.isfinite(rows[-1]["policy/loss"])  # training went on after validating
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["ppo"]["val_dtype"] == val_dtype
+
+
+def test_widened_greedy_validation_answers_do_not_depend_on_their_batch(tiny_settings, tiny_reward):
+    # what --val-dtype float32 buys: a policy trained in bfloat16, widened as validation widens it, answers each prompt
+    # greedily the same alone and between longer prompts (left padding) — as eval's float32 decoding does. Left in
+    # bfloat16 (computing_in(..., None)) one of these 5 answers changed with its batch when this test was written.
+    from dataclasses import replace
+
+    from rlhf_demo.precision import computing_in
+    from training.actor_critic import ActorCriticRoles
+
+    torch.manual_seed(0)
+    cfg = PPOConfig(reward_model="reward-v5", lora_r=4, lora_alpha=8, response_length=24, critic_from_reward=False)
+    settings = replace(tiny_settings, dtype="bfloat16")
+    roles = ActorCriticRoles.build(settings, Registry(settings.versions_dir), cfg)
+    with torch.no_grad():  # a policy adapter that changes the answers
+        for p in roles.params("policy"):
+            p.normal_(0, 0.2)
+    long = [{"role": "user", "content": "Write a long and careful story about a lighthouse keeper and the sea, with "
+                                        "many details about the storms and the ships that passed by at night."}]
+    differ = []
+    with torch.no_grad(), computing_in(roles.model, torch.float32):
+        for text in ["Name a colour.", "What is 2+2?", "Say hi.", "List three fruits.", "Why is the sky blue?"]:
+            short = [{"role": "user", "content": text}]
+            alone = ppo.rollout(roles, roles.tokenizer, [short], cfg, seed=0, greedy=True).response_tokens[0]
+            batch = ppo.rollout(roles, roles.tokenizer, [long, short, long, long], cfg, seed=0, greedy=True)
+            differ += [text] if batch.response_tokens[1] != alone or not alone else []
+    assert differ == []
+    assert torch.bfloat16 in {p.dtype for p in roles.model.parameters()}  # put back afterwards

@@ -19,7 +19,8 @@ every metric is logged under the same name in metrics.jsonl, TensorBoard and the
 
 ``objective/kl`` is the --kl-estimator estimate on the rollouts (what the penalty uses; a monitor only).
 ``val/kl_exact`` is the exact KL to the reference, in nats per answer, on answers sampled at each
-validation (rlhf_demo/kl.py): the KL bound and the collapse guard's KL signal use it.
+validation (rlhf_demo/kl.py): the KL bound and the collapse guard's KL signal use it. Validation and readouts
+decode in --val-dtype (float32 by default, also when training in bfloat16: rlhf_demo/precision.py).
 
 At the end the best checkpoint (highest validation score within the KL bound, refusing non-harmful
 validation prompts at most --max-safe-refusal-rise more often than the starting policy) is published
@@ -48,6 +49,7 @@ from rlhf_demo.flags import parse_config
 from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch
 from rlhf_demo.metrics_log import MetricsLog
 from rlhf_demo.padding import pad_rows, used_columns
+from rlhf_demo.precision import computing_in
 from rlhf_demo.refusal.detector import judge_refusals
 from rlhf_demo.registry import Registry, check_name
 from rlhf_demo.scoring import ToyReward
@@ -319,13 +321,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     seed_everything(cfg.seed)  # the same on every rank: the same initial adapters
     toy_reward = ToyReward.parse(cfg.reward_model)  # toy:WORD (a bad WORD is refused here)
     PB.check_groups(cfg.rollout_batch_size, cfg.samples_per_prompt, cfg.prompt_baseline)  # whole groups, or error now
-    if cfg.advantage not in ("gae", "rloo"):
-        raise ValueError(f"--advantage {cfg.advantage!r}: 'gae' or 'rloo'")
-    if cfg.group_std_scale and cfg.samples_per_prompt < 2:
-        raise ValueError("--group-std-scale needs grouped rollouts: --samples-per-prompt K > 1")
-    if cfg.advantage == "rloo" and (cfg.samples_per_prompt < 2 or cfg.prompt_baseline == "none"):
-        raise ValueError("--advantage rloo needs a prompt baseline: --samples-per-prompt K > 1 and "
-                         "--prompt-baseline loo (or mean); without one the advantage is the raw score")
+    cfg.check_combinations()  # flags that need each other (--advantage rloo, --group-std-scale): error now
     if toy_reward and cfg.publish:
         raise ValueError(f"--reward-model {cfg.reward_model} is a diagnosis reward: a policy trained on it is not "
                          "published; add --no-publish")
@@ -343,6 +339,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     roles = ActorCriticRoles.build(settings, registry, cfg)
     roles.logit_temperature = cfg.temperature  # log-probs of the tempered policy the rollouts sample from
     tokenizer = roles.tokenizer
+    val_dtype = None if cfg.val_dtype == "same" or settings.load_in_4bit else torch.float32  # rlhf_demo/precision.py
     policy_opt = torch.optim.AdamW(roles.params("policy"), lr=cfg.policy_lr, eps=1e-5)
     critic_opt = torch.optim.AdamW(roles.params("critic"), lr=cfg.critic_lr, eps=1e-5)
     dist.broadcast_params_(roles.params("policy") + roles.params("critic"))  # data parallel: one start for all
@@ -387,8 +384,9 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
             print(f"[ppo] resumed from iteration {start} ({ck.path})", file=sys.stderr)
 
     if not baseline and dist.is_main():  # PPO-max keeps the best checkpoint, judged against where it started
-        baseline = validate(roles, tokenizer, val_prompts, cfg)
-        log.log(0, {**baseline, **train_readout(roles, tokenizer, readout, cfg)})
+        with computing_in(roles.model, val_dtype):
+            baseline = validate(roles, tokenizer, val_prompts, cfg)
+            log.log(0, {**baseline, **train_readout(roles, tokenizer, readout, cfg)})
         guard.set_start(baseline["val/eos_rate"])
         print("[ppo] starting policy on the validation prompts: " + ", ".join(
             f"{k} {v:.3f}" for k, v in baseline.items()), file=sys.stderr)
@@ -425,8 +423,9 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         metrics["time/iteration_s"] = time.time() - t0
         metrics = dist.all_reduce_mean(metrics)  # data parallel: every rank logs and guards on the same averages
         if (step % cfg.eval_every == 0 or step == cfg.iterations) and dist.is_main():
-            metrics.update(validate(roles, tokenizer, val_prompts, cfg))
-            metrics.update(train_readout(roles, tokenizer, readout, cfg))
+            with computing_in(roles.model, val_dtype):  # --val-dtype float32: the same greedy answers in any batch
+                metrics.update(validate(roles, tokenizer, val_prompts, cfg))
+                metrics.update(train_readout(roles, tokenizer, readout, cfg))
             if within_bounds(metrics) and selection_key(metrics, cfg) > tuple(best["selection"]) and not warmup:
                 best = {"step": step, **{k: v for k, v in metrics.items() if k.startswith("val/")},
                         "selection": list(selection_key(metrics, cfg))}

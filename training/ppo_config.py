@@ -31,6 +31,11 @@ class PPOConfig:
         "help": "also sample this many answers per readout prompt at the rollout temperature (the same seeds at "
                 "every validation) and log their mean training reward, train/readout_sampled_score: the reward PPO "
                 "optimises (train/readout_score is what greedy evaluation sees). 0 = off"})
+    val_dtype: str = field(default="float32", metadata={
+        "help": "dtype the validation and the readouts decode and score in: float32 (a policy trained in bfloat16 "
+                "is widened for them and put back bit for bit, because greedy bfloat16 answers move with their "
+                "batch neighbours: docs/decode-noise/README.md) or same (the training dtype, as the recipes of "
+                "rlhf-v0/v1/v2 ran). A 4-bit base is never cast", "choices": ["float32", "same"]})
     # ---------------------------------------------------------------- models
     reward_model: str = field(default="", metadata={
         "help": "reward-vN to optimise (default: the newest), or toy:WORD — a known-answer reward for diagnosis "
@@ -170,6 +175,16 @@ class PPOConfig:
     report_to: list[str] = field(default_factory=lambda: ["jsonl"], metadata={
         "help": "metric sinks: jsonl (always written), tensorboard"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
+
+    def check_combinations(self) -> None:
+        """Flags that only work together: a ValueError naming them (train() calls this before loading anything)."""
+        if self.advantage not in ("gae", "rloo"):
+            raise ValueError(f"--advantage {self.advantage!r}: 'gae' or 'rloo'")
+        if self.group_std_scale and self.samples_per_prompt < 2:
+            raise ValueError("--group-std-scale needs grouped rollouts: --samples-per-prompt K > 1")
+        if self.advantage == "rloo" and (self.samples_per_prompt < 2 or self.prompt_baseline == "none"):
+            raise ValueError("--advantage rloo needs a prompt baseline: --samples-per-prompt K > 1 and "
+                             "--prompt-baseline loo (or mean); without one the advantage is the raw score")
 
     def __post_init__(self) -> None:
         # one type everywhere (a list, as RewardConfig's); a comma string (older configs and cards) still reads
