@@ -8,6 +8,8 @@ validation and puts every parameter and buffer back in its own dtype afterwards.
 (bfloat16/float16 → float32 → back is exact, bit for bit), so training continues from the same numbers;
 trainable float32 tensors (LoRA adapters, heads) are not touched, and non-float or quantised tensors (4-bit
 weights) are never cast. The parameter objects stay the same (``.data`` is swapped), so optimisers keep them.
+Two *different* tensor objects that share one storage (views) would each get their own copy and stop sharing;
+transformers ties weights by sharing one Parameter object, which is cast once.
 
 Core module: imports nothing from training, eval or the app.
 """
@@ -25,16 +27,24 @@ def _castable(t: torch.Tensor) -> bool:
     return t.is_floating_point() and getattr(t, "quant_state", None) is None
 
 
+def widens_exactly(src: torch.dtype, dst: torch.dtype) -> bool:
+    """Is every ``src`` value a ``dst`` value (so ``src -> dst -> src`` is the identity)? bfloat16/float16 -> float32
+    yes; float16 <-> bfloat16 no (each has range or precision the other lacks)."""
+    a, b = torch.finfo(src), torch.finfo(dst)
+    return b.bits >= a.bits and b.eps <= a.eps and b.max >= a.max and b.smallest_normal <= a.smallest_normal
+
+
 def narrower_tensors(module: torch.nn.Module, dtype: torch.dtype) -> list[torch.Tensor]:
-    """The float parameters and buffers of ``module`` whose dtype is not ``dtype`` (each tensor once)."""
+    """The float parameters and buffers of ``module`` whose dtype is not ``dtype`` (each tensor object once; a tied
+    weight is one Parameter object, so it is cast once)."""
     seen, out = set(), []
     for t in chain(module.parameters(), module.buffers()):
         if id(t) in seen or not _castable(t) or t.dtype == dtype:
             continue
         seen.add(id(t))
-        if torch.finfo(t.dtype).bits > torch.finfo(dtype).bits:
-            raise ValueError(f"computing_in({dtype}): a {t.dtype} tensor would be narrowed and could not be "
-                             "restored exactly; only widening (e.g. bfloat16 -> float32) is allowed")
+        if not widens_exactly(t.dtype, dtype):
+            raise ValueError(f"computing_in({dtype}): a {t.dtype} tensor could not be restored exactly from "
+                             f"{dtype}; only exact widening (e.g. bfloat16 -> float32) is allowed")
         out.append(t)
     return out
 
@@ -49,10 +59,12 @@ def computing_in(module: torch.nn.Module, dtype: torch.dtype | None):
         return
     tensors = narrower_tensors(module, dtype)
     former = [t.dtype for t in tensors]
-    for t in tensors:
-        t.data = t.data.to(dtype)
+    done = 0
     try:
+        for t in tensors:  # inside the try: an out-of-memory error half-way still puts back what was widened
+            t.data = t.data.to(dtype)
+            done += 1
         yield
     finally:
-        for t, d in zip(tensors, former):
+        for t, d in zip(tensors[:done], former):
             t.data = t.data.to(d)

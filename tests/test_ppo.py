@@ -306,10 +306,10 @@ def test_critic_initialisations(tiny_settings, tiny_reward):
         assert roles.critic_head.linear.weight.requires_grad
 
 
-@pytest.mark.parametrize("val_dtype", ["float32", "same"])
+@pytest.mark.parametrize("val_dtype", ["auto", "same"])
 def test_validation_decodes_in_val_dtype_and_training_goes_on_in_its_own(tiny_settings, tiny_reward, tmp_path,
                                                                           monkeypatch, val_dtype):
-    # a run trained in bfloat16 validates (and reads out) in float32 by default, then trains on in bfloat16 with
+    # a run trained in bfloat16 on a CPU validates (and reads out) in float32 by default, then trains on in bfloat16 with
     # its adapters untouched by the round trip (rlhf_demo/precision.py)
     from dataclasses import replace
 
@@ -334,7 +334,7 @@ def test_validation_decodes_in_val_dtype_and_training_goes_on_in_its_own(tiny_se
     summary = train(cfg, settings)
     assert summary["iterations"] == 2
     assert len(updating) == 2 and all(torch.bfloat16 in s for s in updating), updating  # trained in bfloat16
-    inside = {torch.float32} if val_dtype == "float32" else updating[0]  # same: bfloat16 base, float32 adapters
+    inside = {torch.float32} if val_dtype == "auto" else updating[0]  # auto on a CPU: float32; same: as trained
     assert len(seen) == 3 and all(s == inside for s in seen), seen  # the starting policy and each iteration
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "policy/loss" in rows[-1] and math.isfinite(rows[-1]["policy/loss"])  # training went on after validating
@@ -359,7 +359,7 @@ def test_widened_greedy_validation_answers_do_not_depend_on_their_batch(tiny_set
             p.normal_(0, 0.2)
     long = [{"role": "user", "content": "Write a long and careful story about a lighthouse keeper and the sea, with "
                                         "many details about the storms and the ships that passed by at night."}]
-    differ = []
+    differ, before = [], {k: v.clone() for k, v in roles.model.state_dict().items()}
     with torch.no_grad(), computing_in(roles.model, torch.float32):
         for text in ["Name a colour.", "What is 2+2?", "Say hi.", "List three fruits.", "Why is the sky blue?"]:
             short = [{"role": "user", "content": text}]
@@ -367,4 +367,33 @@ def test_widened_greedy_validation_answers_do_not_depend_on_their_batch(tiny_set
             batch = ppo.rollout(roles, roles.tokenizer, [long, short, long, long], cfg, seed=0, greedy=True)
             differ += [text] if batch.response_tokens[1] != alone or not alone else []
     assert differ == []
-    assert torch.bfloat16 in {p.dtype for p in roles.model.parameters()}  # put back afterwards
+    after = roles.model.state_dict()  # put back afterwards, bit for bit (tied embeddings, rotary buffers, LoRA)
+    assert after.keys() == before.keys() and torch.bfloat16 in {v.dtype for v in after.values()}
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_validation_dtype_resolution():
+    # auto widens on a CPU only (on a GPU widening a large model doubles its memory); a 4-bit base is never cast
+    from rlhf_demo.config import Settings
+
+    cpu, gpu = Settings(device="cpu"), Settings(device="cuda")
+    assert PPOConfig().val_dtype == "auto" and PPOConfig().validation_dtype(cpu) == torch.float32
+    assert PPOConfig().validation_dtype(gpu) is None
+    assert PPOConfig(val_dtype="float32").validation_dtype(gpu) == torch.float32
+    assert PPOConfig(val_dtype="same").validation_dtype(cpu) is None
+    assert PPOConfig(val_dtype="float32").validation_dtype(Settings(device="cuda", load_in_4bit=True)) is None
+
+
+def test_resume_refuses_validations_in_another_dtype_and_the_card_records_it(tiny_settings, tiny_reward, tmp_path):
+    # the baseline and the best checkpoint saved so far were validated in one dtype: a resumed run may not mix in another
+    from dataclasses import replace
+
+    settings = replace(tiny_settings, dtype="bfloat16")
+    cfg = tiny_cfg(tmp_path, iterations=2, eval_every=1, lora_layers=1, val_dtype="same")
+    assert train(cfg, settings, stop_after=1)["interrupted_at"] == 1
+    cfg.resume, cfg.val_dtype = True, "auto"  # auto on a CPU = float32
+    with pytest.raises(ValueError, match="decoded in bfloat16, these would be decoded in float32; pass --val-dtype same"):
+        train(cfg, settings)
+    cfg.val_dtype = "same"
+    assert train(cfg, settings)["published"] == "rlhf-v7"
+    assert Registry(settings.versions_dir).get("rlhf-v7").card["validation_dtype"] == "bfloat16"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlhf_demo.precision import computing_in, narrower_tensors
+from rlhf_demo.precision import computing_in, narrower_tensors, widens_exactly
 
 
 class Mixed(torch.nn.Module):
@@ -60,9 +60,44 @@ def test_restored_after_an_error_inside_the_block():
 def test_narrowing_is_refused_and_changes_nothing():
     m = Mixed()
     before = snapshot(m)
-    with pytest.raises(ValueError, match="narrowed"):
+    with pytest.raises(ValueError, match="restored exactly"):
         with computing_in(m, torch.bfloat16):
             pass
+    assert all(torch.equal(m.state_dict()[k], v) and m.state_dict()[k].dtype == v.dtype for k, v in before.items())
+
+
+def test_only_exact_widening_counts():
+    assert widens_exactly(torch.bfloat16, torch.float32) and widens_exactly(torch.float16, torch.float32)
+    assert widens_exactly(torch.float32, torch.float64)
+    # float16 has precision bfloat16 lacks, bfloat16 has range float16 lacks: neither round trip is exact
+    assert not widens_exactly(torch.float16, torch.bfloat16) and not widens_exactly(torch.bfloat16, torch.float16)
+    m = torch.nn.Linear(2, 2).to(torch.float16)
+    with pytest.raises(ValueError, match="restored exactly"):
+        with computing_in(m, torch.bfloat16):
+            pass
+    assert m.weight.dtype == torch.float16
+
+
+def test_an_error_half_way_through_widening_puts_back_what_was_widened(monkeypatch):
+    # e.g. out of memory on the third tensor: the first two are restored, nothing is left half-widened
+    m = Mixed()
+    before = snapshot(m)
+    calls = {"n": 0}
+    real_to = torch.Tensor.to
+
+    def failing_to(self, *args, **kw):
+        if args and args[0] == torch.float32:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("out of memory")
+        return real_to(self, *args, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "to", failing_to)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with computing_in(m, torch.float32):
+            pass
+    monkeypatch.undo()
+    assert calls["n"] == 3
     assert all(torch.equal(m.state_dict()[k], v) and m.state_dict()[k].dtype == v.dtype for k, v in before.items())
 
 

@@ -20,7 +20,7 @@ every metric is logged under the same name in metrics.jsonl, TensorBoard and the
 ``objective/kl`` is the --kl-estimator estimate on the rollouts (what the penalty uses; a monitor only).
 ``val/kl_exact`` is the exact KL to the reference, in nats per answer, on answers sampled at each
 validation (rlhf_demo/kl.py): the KL bound and the collapse guard's KL signal use it. Validation and readouts
-decode in --val-dtype (float32 by default, also when training in bfloat16: rlhf_demo/precision.py).
+decode in --val-dtype (float32 on a CPU by default, also when training in bfloat16: rlhf_demo/precision.py).
 
 At the end the best checkpoint (highest validation score within the KL bound, refusing non-harmful
 validation prompts at most --max-safe-refusal-rise more often than the starting policy) is published
@@ -339,7 +339,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     roles = ActorCriticRoles.build(settings, registry, cfg)
     roles.logit_temperature = cfg.temperature  # log-probs of the tempered policy the rollouts sample from
     tokenizer = roles.tokenizer
-    val_dtype = None if cfg.val_dtype == "same" or settings.load_in_4bit else torch.float32  # rlhf_demo/precision.py
+    val_dtype = cfg.validation_dtype(settings)  # float32 on a CPU (--val-dtype): rlhf_demo/precision.py
     policy_opt = torch.optim.AdamW(roles.params("policy"), lr=cfg.policy_lr, eps=1e-5)
     critic_opt = torch.optim.AdamW(roles.params("critic"), lr=cfg.critic_lr, eps=1e-5)
     dist.broadcast_params_(roles.params("policy") + roles.params("critic"))  # data parallel: one start for all
@@ -362,7 +362,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
                         optimizer=policy_opt, keep_last=cfg.keep_checkpoints,
                         extra={"critic_opt": critic_opt.state_dict(), "moments": moments.state_dict(),
                                "sampler": sampler.state_dict(), "guard": guard.state_dict(), "best": dict(best),
-                               "baseline": dict(baseline),
+                               "baseline": dict(baseline), "val_dtype": cfg.validation_dtype_name(settings),
                                "update_rng": update_rng.get_state()})
 
     if cfg.resume:
@@ -372,6 +372,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
             print(f"[ppo] --resume: {exc}; starting fresh", file=sys.stderr)
         else:
             start, s = ck.step, ck.extra
+            cfg.check_resumed_val_dtype(s.get("val_dtype"), settings)  # baseline and best: validated alike
             critic_opt.load_state_dict(s["critic_opt"])
             moments.load_state_dict(s["moments"])
             sampler.load_state_dict(s["sampler"])

@@ -31,11 +31,12 @@ class PPOConfig:
         "help": "also sample this many answers per readout prompt at the rollout temperature (the same seeds at "
                 "every validation) and log their mean training reward, train/readout_sampled_score: the reward PPO "
                 "optimises (train/readout_score is what greedy evaluation sees). 0 = off"})
-    val_dtype: str = field(default="float32", metadata={
+    val_dtype: str = field(default="auto", metadata={
         "help": "dtype the validation and the readouts decode and score in: float32 (a policy trained in bfloat16 "
                 "is widened for them and put back bit for bit, because greedy bfloat16 answers move with their "
-                "batch neighbours: docs/decode-noise/README.md) or same (the training dtype, as the recipes of "
-                "rlhf-v0/v1/v2 ran). A 4-bit base is never cast", "choices": ["float32", "same"]})
+                "batch neighbours: docs/decode-noise/README.md), same (the training dtype, as the recipes of "
+                "rlhf-v0/v1/v2 ran) or auto (float32 on a CPU; on a GPU the training dtype, since widening a large "
+                "model doubles its memory). A 4-bit base is never cast", "choices": ["auto", "float32", "same"]})
     # ---------------------------------------------------------------- models
     reward_model: str = field(default="", metadata={
         "help": "reward-vN to optimise (default: the newest), or toy:WORD — a known-answer reward for diagnosis "
@@ -175,6 +176,25 @@ class PPOConfig:
     report_to: list[str] = field(default_factory=lambda: ["jsonl"], metadata={
         "help": "metric sinks: jsonl (always written), tensorboard"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
+
+    def validation_dtype(self, settings):
+        """The torch dtype validation widens the model to (rlhf_demo.precision.computing_in), or None: as trained."""
+        import torch
+
+        widen = self.val_dtype == "float32" or (self.val_dtype == "auto" and settings.resolved_device() == "cpu")
+        return torch.float32 if widen and not settings.load_in_4bit else None
+
+    def validation_dtype_name(self, settings) -> str:
+        """The dtype validation decodes in, as text ("float32", "bfloat16"): what cards and checkpoints record."""
+        return str(self.validation_dtype(settings) or settings.resolved_dtype()).replace("torch.", "")
+
+    def check_resumed_val_dtype(self, saved: str | None, settings) -> None:
+        """A resumed run compares its new validations with the saved ones (the baseline, the best): one dtype for all."""
+        now = self.validation_dtype_name(settings)
+        saved = saved or str(settings.resolved_dtype()).replace("torch.", "")  # older checkpoints: as trained
+        if saved != now:
+            raise ValueError(f"--resume: this run's earlier validations were decoded in {saved}, these would be decoded "
+                             f"in {now}; pass --val-dtype {'same' if now == 'float32' else 'float32'} to resume it alike")
 
     def check_combinations(self) -> None:
         """Flags that only work together: a ValueError naming them (train() calls this before loading anything)."""

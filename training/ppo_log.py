@@ -138,6 +138,7 @@ def policy_card(cfg: PPOConfig, settings, roles, best: dict, rows: list[dict], s
             "reward_model_sha256": roles.scorer.card.get("files", {}).get("adapter_model.safetensors"),
             "reward_model_identity": reward_identity(roles.scorer.card),
             "trainer": "training.ppo (PPO-max)", "config": asdict(cfg),
+            "validation_dtype": cfg.validation_dtype_name(settings),  # --val-dtype resolved on this machine
             "data": {"prompts": cfg.prompts, "train_prompts": n_train, "val_prompts": n_val},
             "best_step": best["step"], "metrics": {"best": best, "final": final}, "stopped": stopped,
             "command": "python -m training.ppo " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("ppo.py")
