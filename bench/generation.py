@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results import machine, update_section  # noqa: E402
+from bench.results import load_note, machine, update_section  # noqa: E402
 from rlhf_demo.base_model import load_base_model  # noqa: E402
 from rlhf_demo.config import Settings, apply_offline  # noqa: E402
 
@@ -241,9 +241,6 @@ def main() -> None:
            + (f" --data-dir {args.data_dir}" if args.data_dir != Path("runs") else ""))
     per_round = "; ".join(f"{s.name}: " + ", ".join(f"{x:.2f}" for x in s.wall)
                           for s in (g1, s1, f1, gb, sb, seq, mix) if s)
-    # the run itself keeps about --threads cores busy; more than that was someone else's load
-    busy = max(load_before[0], load_after[0]) > torch.get_num_threads() + 0.5
-    shared = "other jobs shared it" if busy else "no other job ran"
     body = (
         f"## Generation: served path vs transformers `generate` (`bench/generation.py`)\n\n"
         f"Command: `{cmd}` — run started {started}.\n\n"
@@ -255,8 +252,7 @@ def main() -> None:
            if b else "") +
         f". {args.rounds} rounds, the sides alternating within each round (ABAB…, reversed on odd rounds) "
         f"so that load from other jobs hits both alike; medians over rounds. "
-        f"1-minute load average {load_before[0]:.1f} before and {load_after[0]:.1f} after the run "
-        f"(the machine has {os.cpu_count()} cores; {shared}).\n\n{table}\n\n"
+        f"{load_note(load_before[0], load_after[0], torch.get_num_threads())}.\n\n{table}\n\n"
         f"What the served path does differently (same numbers bit for bit, checked in tests/test_generation.py): "
         f"its bf16 linear layers multiply by oneDNN-packed copies of their weights (`PackedLinear`: plain "
         f"`F.linear` re-blocks every weight at every call), and its KV cache appends into spare room instead of "

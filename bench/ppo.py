@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from bench.results import machine, update_section
+    from bench.results import load_note, machine, update_section
     from rlhf_demo.base_model import load_tokenizer, resolve_base_model
     from rlhf_demo.config import settings_from_args
     from rlhf_demo.generation import build_prompt_ids
@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
             "length limit); ours scores the chat-templated conversation at its end-of-turn token, as the reward "
             "model was trained, reading it from the rollout's shared frozen layers plus a 1-2 token continuation "
             "(`ActorCriticRoles.score_and_trunk`; same scores as re-encoding the text, up to bf16 rounding).",
-            f"Load average (1 min) {load_before:.1f} before, {load_after:.1f} after: other jobs shared the machine.",
+            load_note(load_before, load_after, args.threads) + ".",
         ]
         body = (f"## PPO: ours vs TRL PPOTrainer (`bench/ppo.py`)\n\n"
                 f"`{cmd.strip()}` — {machine()}.\n\n{settings_line}\n\n{table}\n\n" + "\n\n".join(ratio_lines) +

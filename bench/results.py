@@ -27,6 +27,14 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {_dt.date.today().isoformat()}"
 
 
+def load_note(before: float, after: float, threads: int) -> str:
+    """"1-minute load average X before and Y after the run (…)": other jobs shared the machine when the load was above
+    what the run's own ``threads`` explain (+0.5)."""
+    busy = max(before, after) > threads + 0.5
+    return (f"1-minute load average {before:.1f} before and {after:.1f} after the run "
+            f"({'other jobs shared the machine' if busy else 'no other job ran'})")
+
+
 def update_section(key: str, body: str, path: Path = RESULTS) -> None:
     text = path.read_text() if path.exists() else HEADER
     begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"

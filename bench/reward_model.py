@@ -46,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.results import ensure_trl as install_trl, machine, update_section  # noqa: E402
+from bench.results import ensure_trl as install_trl, load_note, machine, update_section  # noqa: E402
 
 TRL_VERSION = "1.16.0"
 DEFAULT_TRL_PATH = ROOT / ".cache" / "bench" / f"trl-{TRL_VERSION}"
@@ -313,8 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = ".venv/bin/python bench/reward_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
         body = (f"## Reward-model training: ours vs TRL RewardTrainer\n\n"
                 f"Command: `{cmd.strip()}` — run started {started}; {machine()}, {threads} torch thread(s) for both. "
-                f"1-minute load average {load_before[0]:.1f} before and {load_after[0]:.1f} after the run "
-                f"(other jobs shared the machine); {args.rounds} round(s), trainers alternating "
+                f"{load_note(load_before[0], load_after[0], threads)}; {args.rounds} round(s), trainers alternating "
                 f"(TRL, ours, ours, TRL, …), medians over rounds.\n\n"
                 f"{len(train_pairs)} training pairs ({n_tokens:,} tokens packed; seed + HH-RLHF harmless), one epoch, "
                 f"batch {args.batch_size}, max length {args.max_length}, LoRA r={args.lora_r}/alpha={args.lora_alpha} "
