@@ -129,6 +129,7 @@ class ActorCriticRoles:
                                     and adapter_start_layer(model, "reward") >= split_layer)
         self.last_shared_scores: int | None = None  # rows the last score_and_trunk scored from the trunk
         self.last_safety: torch.Tensor | None = None  # a composed reward's safety term of the last rows scored
+        self.label_safety = None  # --label-safety: training.label_safety.LabelSafety, added to every score
         # The temperature the rollouts were sampled at: token_logprobs scores answers under the same tempered
         # distribution (logits / T, as TRL does), so PPO's ratios and KL penalty are on-policy at T != 1.
         # SmolLM2's LM head has no bias, so logits / T = head(hidden / T): the hidden rows are scaled instead.
@@ -274,12 +275,16 @@ class ActorCriticRoles:
             return torch.tensor(self.scorer.score_raw(conversations), dtype=torch.float32)
 
     def _finish(self, conversations: list[list[dict]], raw: torch.Tensor) -> torch.Tensor:
-        """Head scores -> the version's reward; ``last_safety`` = the safety term of each row (None if plain)."""
-        if getattr(self.scorer, "safety", None) is None:
-            self.last_safety = None
-            return raw
-        total = torch.tensor(self.scorer.finish(conversations, raw.tolist()), dtype=torch.float32)
-        self.last_safety = total - raw
+        """Head scores -> the version's reward, plus --label-safety's term when set; ``last_safety`` = the safety
+        term of each row (None for a plain reward without --label-safety)."""
+        total, self.last_safety = raw, None
+        if getattr(self.scorer, "safety", None) is not None:
+            total = torch.tensor(self.scorer.finish(conversations, raw.tolist()), dtype=torch.float32)
+            self.last_safety = total - raw
+        if self.label_safety is not None:
+            term = self.label_safety.score(conversations)
+            total = total + term
+            self.last_safety = term if self.last_safety is None else self.last_safety + term
         return total
 
     @torch.no_grad()

@@ -38,7 +38,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -47,20 +47,22 @@ from rlhf_demo.atomic import write_json
 from rlhf_demo.config import Settings
 from rlhf_demo.flags import parse_config
 from rlhf_demo.generation import GenerationParams, build_prompt_ids, decode_batch
+from rlhf_demo.kl import answer_kl
 from rlhf_demo.metrics_log import MetricsLog
 from rlhf_demo.padding import pad_rows, used_columns
 from rlhf_demo.precision import computing_in
 from rlhf_demo.refusal.detector import judge_refusals
-from rlhf_demo.registry import Registry, check_name
+from rlhf_demo.registry import Registry, RegistryError, check_name
 from rlhf_demo.scoring import ToyReward
 from training import distributed as dist
 from training import losses as L
 from training import prompt_baseline as PB
 from training.actor_critic import ActorCriticRoles
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.label_safety import attach as attach_label_safety
 from training.ppo_config import PPOConfig
 from training.ppo_data import (HARMFUL_CATEGORIES, SENSITIVE_CATEGORIES, PromptSampler, PtxData,  # noqa: F401
-                               ValPrompt, parse_category_weights, prompt_pool, stratified_indices)
+                               ValPrompt, labelled_pool, parse_category_weights, prompt_pool, stratified_indices)
 from training.ppo_log import (PLOTTED, CollapseGuard, plot_curves, policy_card, rollout_metrics,  # noqa: F401
                               selection_key)
 from training.scaffold import prepare_run_dir, seed_everything
@@ -295,10 +297,6 @@ def exact_answer_kl(roles: ActorCriticRoles, tokenizer, val_prompts: list[ValPro
     """Mean over the validation prompts of the exact KL(policy ‖ reference) of one answer sampled from the
     policy at temperature 1 (:mod:`rlhf_demo.kl`: the full next-token distributions at every answer position,
     summed; never negative), in nats per answer. Seeded by ``--seed``: every validation draws alike."""
-    from dataclasses import replace
-
-    from rlhf_demo.kl import answer_kl
-
     ro = rollout(roles, tokenizer, [v.messages for v in val_prompts], replace(cfg, temperature=1.0, top_p=1.0),
                  seed=cfg.seed * 1_000_003 + VAL_KL_SEED)
     ids, attn, mask = ro.input_ids, ro.attention_mask, ro.response_mask
@@ -334,9 +332,11 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         target.check_new_name(cfg.name, hint="pass another --name (e.g. the next rlhf-vN) or --no-publish")
     run_dir = prepare_run_dir(cfg.run_dir, settings, "ppo", {"ppo": asdict(cfg), "base_model": settings.base_model})
 
-    train_prompts, val_prompts = prompt_pool(cfg, settings)
+    train_prompts, val_prompts, train_kinds = labelled_pool(cfg, settings)
     readout = random.Random(cfg.seed).sample(train_prompts, min(cfg.train_readout_prompts, len(train_prompts)))
     roles = ActorCriticRoles.build(settings, registry, cfg)
+    if cfg.label_safety:  # the prompts' known kinds and explicit declines as the safety term: training/label_safety.py
+        attach_label_safety(roles, train_prompts, train_kinds, cfg.label_safety)
     roles.logit_temperature = cfg.temperature  # log-probs of the tempered policy the rollouts sample from
     tokenizer = roles.tokenizer
     val_dtype = cfg.validation_dtype(settings)  # float32 on a CPU (--val-dtype): rlhf_demo/precision.py
@@ -418,6 +418,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         if roles.last_safety is not None:  # a composed reward: its two parts, so a run shows which one moves
             metrics["reward/safety_mean"] = float(roles.last_safety.mean())
             metrics["reward/rm_mean"] = metrics["reward/score_mean"] - metrics["reward/safety_mean"]
+            metrics.update(roles.label_safety.stats() if roles.label_safety else {})  # explicit refusals, coverage
         warmup = step <= cfg.critic_warmup  # PPO-max: critic warm-up before the policy moves
         ptx_batch = ptx.batch(step) if ptx else None
         metrics.update(ppo_update(roles, ro, ex, cfg, policy_opt, critic_opt, not warmup, update_rng, ptx_batch))
@@ -481,7 +482,6 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     from rlhf_demo.base_model import BaseModelError
-    from rlhf_demo.registry import RegistryError
     from training.data import DataError
 
     cfg, settings = parse_config(PPOConfig, "python -m training.ppo", __doc__, argv)

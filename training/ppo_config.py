@@ -91,6 +91,12 @@ class PPOConfig:
         "help": "PPO-max reward normalisation: divide scores by their running std (running moments)"})
     reward_shift_mean: bool = field(default=True, metadata={"help": "also subtract the running mean of the scores"})
     reward_clip: float = field(default=5.0, metadata={"help": "PPO-max reward clipping to [-c, c] (0 = off)"})
+    label_safety: float = field(default=0.0, metadata={
+        "help": "add SCALE·y·(2e−1) to a plain reward model's score of each rollout: y = +1 for a training prompt "
+                "whose data set calls it harmful, −1 for the other labelled kinds (sensitive, ordinary), e = 1 "
+                "when rules-v2 finds an explicit decline in the answer (an empty answer gets −SCALE). The prompts' "
+                "known labels stand in for a composed reward's prompt-harm probe, and the high-precision explicit "
+                "decline for its refusal classifier (training/label_safety.py). 0 = off"})
     eos_penalty: float = field(default=-1.0, metadata={
         "help": "added to the (normalised) score of an answer that never reaches EOS (0 = off)"})
     # ---------------------------------------------------------------- PPO-max: advantages and losses
@@ -202,6 +208,8 @@ class PPOConfig:
             raise ValueError(f"--advantage {self.advantage!r}: 'gae' or 'rloo'")
         if self.group_std_scale and self.samples_per_prompt < 2:
             raise ValueError("--group-std-scale needs grouped rollouts: --samples-per-prompt K > 1")
+        if self.label_safety < 0:
+            raise ValueError(f"--label-safety {self.label_safety}: a scale > 0, or 0 for off")
         if self.advantage == "rloo" and (self.samples_per_prompt < 2 or self.prompt_baseline == "none"):
             raise ValueError("--advantage rloo needs a prompt baseline: --samples-per-prompt K > 1 and "
                              "--prompt-baseline loo (or mean); without one the advantage is the raw score")

@@ -50,6 +50,13 @@ def stratified_indices(categories: list[str], n: int) -> list[int]:
 
 def prompt_pool(cfg: PPOConfig, settings: Settings) -> tuple[list[list[dict]], list[ValPrompt]]:
     """(train, validation) conversations; training.data drops every evaluation prompt."""
+    train, val, _ = labelled_pool(cfg, settings)
+    return train, val
+
+
+def labelled_pool(cfg: PPOConfig, settings: Settings) -> tuple[list[list[dict]], list[ValPrompt], list[str | None]]:
+    """(train, validation, the training prompts' categories) — :func:`prompt_pool` plus each training prompt's kind
+    from its data set (what ``--label-safety`` reads)."""
     from training.data import load_prompts, parse_source, public_val_prompts
 
     items = load_prompts(cfg.prompts, settings=settings)
@@ -57,19 +64,20 @@ def prompt_pool(cfg: PPOConfig, settings: Settings) -> tuple[list[list[dict]], l
     if any(parse_source(p).kind == "mix" for p in cfg.prompts):
         # public sets: train on role-"train" prompts (and the other sources), validate on role-"val" ones only
         val = [ValPrompt(it.messages, it.category) for it in public_val_prompts(cfg.val_prompts)]
-        train = [it.messages for it in items]
+        kept = items
     else:
         val_idx = set(stratified_indices([it.category or "" for it in items], cfg.val_prompts))
         val = [ValPrompt(it.messages, it.category) for i, it in enumerate(items) if i in val_idx]
-        train = [it.messages for i, it in enumerate(items) if i not in val_idx]
+        kept = [it for i, it in enumerate(items) if i not in val_idx]
+    train, categories = [it.messages for it in kept], [it.category for it in kept]
     # selection apart from the test: no validation prompt is a prompt of a reported suite (LeakError stops the run)
     check_not_reported([m["content"] for v in val for m in v.messages if m.get("role") == "user"],
                        "PPO validation prompts")
     if cfg.max_prompts:
-        train = train[:cfg.max_prompts]
+        train, categories = train[:cfg.max_prompts], categories[:cfg.max_prompts]
     if not train:
         raise SystemExit("error: no training prompts left (check --prompts)")
-    return train, val
+    return train, val, categories
 
 
 class PromptSampler:
