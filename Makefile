@@ -129,7 +129,7 @@ train-dpo-v1: venv
 		--description "dpo-v1: RPO on the contrastive pairs, rlhf-v1's warm start (make train-dpo-v1)" $(ARGS)
 
 eval: venv
-	$(PY) -m eval --policies sft rlhf-v0 dpo-v0 dpo-v1 rlhf-v1 $(ARGS)
+	$(PY) -m eval --policies sft rlhf-v0 dpo-v0 dpo-v1 rlhf-v1 rlhf-v2 rlhf-v3 $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
