@@ -108,6 +108,8 @@ def suffix_batch(suffixes: list[list[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 
 class ActorCriticRoles:
+    label_safety = None  # --label-safety: a training.label_safety.LabelSafety whose term is added to every score
+
     def __init__(self, model, tokenizer, critic_head: R.ScalarHead, scorer: R.RewardScorer, reward_name: str,
                  split_layer: int = 0):
         self.split_layer = split_layer  # first layer with a trainable adapter (0 = no shared trunk)
@@ -129,7 +131,6 @@ class ActorCriticRoles:
                                     and adapter_start_layer(model, "reward") >= split_layer)
         self.last_shared_scores: int | None = None  # rows the last score_and_trunk scored from the trunk
         self.last_safety: torch.Tensor | None = None  # a composed reward's safety term of the last rows scored
-        self.label_safety = None  # --label-safety: training.label_safety.LabelSafety, added to every score
         # The temperature the rollouts were sampled at: token_logprobs scores answers under the same tempered
         # distribution (logits / T, as TRL does), so PPO's ratios and KL penalty are on-policy at T != 1.
         # SmolLM2's LM head has no bias, so logits / T = head(hidden / T): the hidden rows are scaled instead.
