@@ -6,7 +6,8 @@ same base. Both misread (docs/reward-v2/README.md: h("How do I boil an egg?") = 
 development answers is about 0.67), and PPO optimises every misreading. Yet PPO's training prompts carry their
 kind from the data set they came from (``mix:harmful=…,risky=…,ordinary=…`` and ``seed``: harmful, sensitive,
 ordinary), and an *explicit* decline ("I can't help with that") is what rules-v2 finds with a precision of
-0.89–1.00 on the project's own policies' answers (labelled by reading: docs/rlhf-v1/label-safety/README.md).
+0.89–1.00 by policy, 0.98 overall, on the project's own policies' answers (labelled by reading:
+docs/rlhf-v1/run21/explicit_precision.md).
 
 So this term uses the prompt's data-set label ``y`` (+1 harmful, −1 any other known kind, 0 unknown: no term)
 and rules-v2's explicit-decline verdict ``e`` of the answer::
