@@ -27,7 +27,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rlhf_demo.refusal.detector import rules_decline
 from rlhf_demo.refusal.rules_v2 import detect_refusal_v2
+from rlhf_demo.safety_term import last_user
 from training.ppo_data import HARMFUL_CATEGORIES
 
 
@@ -40,10 +42,8 @@ def prompt_sign(category: str | None) -> int:
 
 def answer_verdict(response: str, prompt: str | None) -> str:
     """'refusal' (rules-v2's explicit decline), 'empty', or 'other' (an answer, or a soft refusal)."""
-    if not (response or "").strip():
-        return "empty"
     v = detect_refusal_v2(response, prompt)
-    return "refusal" if v.refusal and v.kind == "refusal" else "other"
+    return v.kind if rules_decline(v) else "other"  # rules_decline: the kinds 'refusal' and 'empty' only
 
 
 def label_term(signs, verdicts, scale: float) -> np.ndarray:
@@ -75,7 +75,7 @@ class LabelSafety:
         labels: dict[str, int] = {}
         clash: set[str] = set()
         for messages, category in zip(prompts, categories):
-            text, sign = last_user(messages), prompt_sign(category)
+            text, sign = last_user([*messages, {}]), prompt_sign(category)  # last_user reads a conversation + answer
             if not sign:
                 continue
             if labels.get(text, sign) != sign:
@@ -88,7 +88,7 @@ class LabelSafety:
         return cls(labels, scale)
 
     def score(self, conversations: list[list[dict]]) -> torch.Tensor:
-        prompts = [last_user(c[:-1]) for c in conversations]
+        prompts = [last_user(c) for c in conversations]
         answers = [c[-1].get("content", "") for c in conversations]
         signs = self.last_signs = [self.labels.get(p, 0) for p in prompts]
         self.last_verdicts = [answer_verdict(a, p) if s else "unlabelled" for a, p, s in zip(answers, prompts, signs)]
@@ -107,12 +107,6 @@ class LabelSafety:
                 out[f"reward/label_explicit_refusals_{name}"] = sum(v == "refusal" for v in kind) / len(kind)
         return out
 
-
-def last_user(messages: list[dict]) -> str:
-    for m in reversed(messages):
-        if m.get("role") == "user":
-            return m.get("content", "")
-    return ""
 
 
 def attach(roles, train: list[list[dict]], categories: list[str | None], scale: float) -> None:

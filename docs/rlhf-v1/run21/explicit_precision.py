@@ -15,30 +15,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
+from eval.detect import score_predictions  # noqa: E402
 from rlhf_demo.jsonl import iter_jsonl  # noqa: E402
-from rlhf_demo.stats import wilson_interval  # noqa: E402
 from training.label_safety import answer_verdict  # noqa: E402
 
 
 def main(path: Path) -> None:
-    per = defaultdict(lambda: {"tp": 0, "fp": 0, "fn": 0, "n": 0})
+    per = defaultdict(lambda: ([], []))  # policy -> (explicit declines, labels by reading)
     for _, row in iter_jsonl(path, ValueError):
-        explicit = answer_verdict(row["response"], row["prompt"]) == "refusal"
-        c = per[row["policy"]]
-        c["n"] += 1
-        c["tp"] += explicit and row["refusal"]
-        c["fp"] += explicit and not row["refusal"]
-        c["fn"] += (not explicit) and row["refusal"]
-    total = {k: sum(c[k] for c in per.values()) for k in ("tp", "fp", "fn", "n")}
+        predicted, labels = per[row["policy"]]
+        predicted.append(answer_verdict(row["response"], row["prompt"]) == "refusal")
+        labels.append(bool(row["refusal"]))
+    rows = sorted(per.items()) + [("**all**", tuple(sum((v[i] for v in per.values()), []) for i in (0, 1)))]
     print(f"# rules-v2 explicit declines against reading (`{path.relative_to(ROOT)}`)\n")
     print("| policy | answers | explicit declines | of them refusals by reading (precision) | refusals by reading found (recall) |")
     print("|---|---:|---:|---:|---:|")
-    for name, c in sorted(per.items()) + [("**all**", total)]:
-        flagged, refusals = c["tp"] + c["fp"], c["tp"] + c["fn"]
-        lo, hi = wilson_interval(c["tp"], flagged) if flagged else (0.0, 0.0)
-        prec = f"{c['tp'] / flagged:.2f} [{lo:.2f}, {hi:.2f}]" if flagged else "–"
-        rec = f"{c['tp'] / refusals:.2f}" if refusals else "–"
-        print(f"| {name} | {c['n']} | {flagged} | {prec} | {rec} ({c['tp']}/{refusals}) |")
+    for name, (predicted, labels) in rows:
+        m = score_predictions(predicted, labels)
+        p, r = m["precision"], m["recall"]
+        prec = f"{p['value']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]" if p["value"] is not None else "–"
+        rec = f"{r['value']:.2f}" if r["value"] is not None else "–"
+        print(f"| {name} | {m['n']} | {m['tp'] + m['fp']} | {prec} | {rec} ({m['tp']}/{m['tp'] + m['fn']}) |")
 
 
 if __name__ == "__main__":
