@@ -93,7 +93,7 @@ train-ppo-v2: venv
 # 32 per iteration (4 per prompt, RLOO advantages), no KL penalty, no EOS penalty. The in-run choice (iteration 6: the
 # best refusal margin within the bounds on 48 val-role prompts, validated in float32) passed the shipping rule on the
 # 180 val-role prompts read blind; the run itself goes on until the collapse guard stops it on KL after iteration 24
-# (~30 min at 2 threads). Needs dpo-v1 (make train-dpo-v1). V3_DIR says where the new version goes (default
+# (~31 min at 2 threads). Needs dpo-v1 (make train-dpo-v1). V3_DIR says where the new version goes (default
 # runs/rebuilt; the shipped one is rlhf_demo/versions/rlhf-v3, which PPO will not overwrite).
 V3_DIR ?= runs/rebuilt
 PPO_V3_ARGS ?= --reward-model reward-v0 --label-safety 3 --init-policy dpo-v1 \
