@@ -60,8 +60,8 @@ def test_grouped_rollouts_answer_each_prompt_k_times_and_the_score_loses_the_loo
     seen = []
     real = ppo.make_experience
 
-    def spy(roles, ro, cfg, moments):
-        ex = real(roles, ro, cfg, moments)
+    def spy(roles, ro, cfg, *moments):
+        ex = real(roles, ro, cfg, *moments)
         seen.append((ro, ex))
         return ex
 
@@ -77,6 +77,63 @@ def test_grouped_rollouts_answer_each_prompt_k_times_and_the_score_loses_the_loo
         assert torch.allclose(summed, want, atol=1e-5), (summed, want)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1:]
     assert {"reward/prompt_baseline_std", "reward/within_prompt_std"} <= set(rows[0])
+
+
+def test_under_rloo_the_critic_learns_the_score_itself_while_the_policy_sees_the_baselined_one(
+        tiny_settings, tiny_reward, tmp_path, monkeypatch):
+    """--advantage rloo: the critic is a monitor. Its target is the Monte-Carlo return of the score *without* the
+    prompt baseline (the other answers' scores are not in its input, so it could explain nothing of the baselined
+    one), while the advantages (before whitening) keep the leave-one-out-centred return at every answer token."""
+    seen = []
+    real = ppo.make_experience
+
+    def spy(roles, ro, cfg, *moments):
+        ex = real(roles, ro, cfg, *moments)
+        seen.append((ro, ex))
+        return ex
+
+    monkeypatch.setattr(ppo, "make_experience", spy)
+    cfg = tiny_cfg(tmp_path, publish=False, samples_per_prompt=2, rollout_batch_size=4, reward_normalize=False,
+                   reward_clip=0.0, eos_penalty=0.0, kl_coef=0.0, advantage="rloo", whiten_advantages=False)
+    train(cfg, tiny_settings)
+    assert seen
+    for ro, ex in seen:
+        m = ro.response_mask.bool()
+        s = ex.scores
+        centred = torch.stack([s[0] - s[1], s[1] - s[0], s[2] - s[3], s[3] - s[2]])
+        for i in range(4):
+            # every answer token: the critic's target is the raw score (no bootstrap from its own values) ...
+            assert torch.allclose(ex.returns[i][m[i]], s[i].expand(int(m[i].sum())), atol=1e-5), (i, ex.returns[i])
+            # ... and the policy's advantage the centred one
+            assert torch.allclose(ex.advantages[i][m[i]], centred[i].expand(int(m[i].sum())), atol=1e-5)
+        assert (ex.returns[~m] == 0).all()
+
+
+def test_rloo_critic_targets_use_their_own_running_moments(tiny_settings, tiny_reward, tmp_path, monkeypatch):
+    """With reward normalisation, the baselined scores and the critic's raw scores are normalised on separate
+    running moments: the critic's target is (score - μ_raw) / σ_raw, clipped, whatever the baseline's moments are."""
+    seen = []
+    real = ppo.make_experience
+
+    def spy(roles, ro, cfg, moments, value_moments):
+        before = value_moments.state_dict()
+        ex = real(roles, ro, cfg, moments, value_moments)
+        seen.append((ro, ex, before, value_moments.state_dict(), moments.state_dict()))
+        return ex
+
+    monkeypatch.setattr(ppo, "make_experience", spy)
+    cfg = tiny_cfg(tmp_path, publish=False, samples_per_prompt=2, rollout_batch_size=4, eos_penalty=0.0,
+                   kl_coef=0.0, advantage="rloo", reward_clip=5.0)
+    train(cfg, tiny_settings)
+    for ro, ex, _before, after, base_moments in seen:
+        assert after != base_moments  # two running moments, not one
+        mom = ppo.L.RunningMoments()
+        mom.load_state_dict(after)
+        want = ((ex.scores - mom.mean) / mom.std).clamp(-5.0, 5.0)
+        m = ro.response_mask.bool()
+        for i in range(4):
+            assert torch.allclose(ex.returns[i][m[i]], want[i].expand(int(m[i].sum())), atol=1e-5)
+    assert seen[-1][3]["count"] == 4 * len(seen)  # every raw score counted once
 
 
 def test_one_sample_per_prompt_never_touches_the_baseline(tiny_settings, tiny_reward, tmp_path, monkeypatch):

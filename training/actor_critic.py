@@ -1,7 +1,8 @@
 """PPO's four roles on ONE base model (built from the primitives in :mod:`training.roles`).
 
     policy     LoRA adapter "policy", trainable (fresh = the SFT model at step 0, or an rlhf-vN)
-    reference  the same model with every adapter disabled
+    reference  the same model with every adapter disabled (SFT); with --kl-reference init, the KL penalty's
+               reference is a frozen adapter "reference", a copy of the starting policy
     reward     adapter "reward" + score head from a reward-vN, frozen
     critic     adapter "critic" + value head, trainable; PPO-max initialises both from the reward model
 
@@ -161,6 +162,8 @@ class ActorCriticRoles:
             model = R.add_adapter(model, "policy", lora)
         else:
             model = R.load_adapter(model, registry.get(cfg.init_policy, kind="policy").path, "policy", trainable=True)
+            if getattr(cfg, "kl_reference", "sft") == "init":  # the KL penalty's reference: a frozen copy of the start
+                model = R.load_adapter(model, registry.get(cfg.init_policy, kind="policy").path, "reference")
         if cfg.critic_from_reward and not toy:  # PPO-max: critic initialised from the reward model
             model = R.load_adapter(model, version.path, "critic", trainable=True)
         else:
@@ -183,6 +186,12 @@ class ActorCriticRoles:
         return cls(model, tokenizer, head, scorer, scorer.name, split_layer=split if cfg.shared_trunk else 0)
 
     # -- roles ------------------------------------------------------------------------------
+    @property
+    def kl_reference(self) -> str | None:
+        """The role the KL penalty is taken against: the frozen "reference" adapter (--kl-reference init) or
+        ``None``, SFT (every adapter off). Validation's exact KL is always to SFT."""
+        return "reference" if "reference" in getattr(self.model, "peft_config", {}) else None
+
     @contextlib.contextmanager
     def use(self, role: str | None):
         """``None`` = the reference (adapters disabled); else the adapter of that role."""

@@ -4,9 +4,10 @@ Reads top to bottom like the algorithm of Zheng et al. 2023, "Secrets of RLHF in
 Models Part I: PPO" (PPO-max), in the style of CleanRL's ppo.py. One base model holds every role:
 
     policy     trainable LoRA adapter "policy"           (starts as the SFT model, or an rlhf-vN)
-    reference  the same model with adapters disabled     (the SFT model)
+    reference  the same model with adapters disabled     (the SFT model; --kl-reference init: the KL penalty's
+               reference is a frozen copy of --init-policy instead)
     reward     frozen LoRA adapter "reward" + score head (a reward-vN from the registry)
-    critic     trainable LoRA adapter "critic" + value head, initialised from the reward model
+    critic     trainable LoRA adapter "critic" + value head (fresh, or from the reward model)
 
 Every PPO-max trick is a named, switchable field of :class:`PPOConfig` (defaults = PPO-max) and
 every metric is logged under the same name in metrics.jsonl, TensorBoard and the PNG curves
@@ -18,7 +19,7 @@ every metric is logged under the same name in metrics.jsonl, TensorBoard and the
     val/score val/kl_exact val/refusal_harmful val/refusal_safe train/readout_score
 
 ``objective/kl`` is the --kl-estimator estimate on the rollouts (what the penalty uses; a monitor only).
-``val/kl_exact`` is the exact KL to the reference, in nats per answer, on answers sampled at each
+``val/kl_exact`` is the exact KL to SFT, in nats per answer, on answers sampled at each
 validation (rlhf_demo/kl.py): the KL bound and the collapse guard's KL signal use it. Validation and readouts
 decode in --val-dtype (float32 on a CPU by default, also when training in bfloat16: rlhf_demo/precision.py).
 
@@ -133,13 +134,26 @@ class Experience:
 
 
 @torch.no_grad()
-def make_experience(roles: ActorCriticRoles, ro: Rollout, cfg: PPOConfig, moments: L.RunningMoments) -> Experience:
+def make_experience(roles: ActorCriticRoles, ro: Rollout, cfg: PPOConfig, moments: L.RunningMoments,
+                    value_moments: L.RunningMoments | None = None) -> Experience:
     ids, attn, mask = ro.input_ids, ro.attention_mask, ro.response_mask
     # reward role + the frozen layers, computed once for all roles (the reward reads them too when it can)
     scores, trunk = roles.score_and_trunk(conversations(ro), ids, attn)
     old_logp, entropy = roles.token_logprobs("policy", ids, attn, mask, trunk=trunk, entropy=True)  # before the update
-    ref_logp, _ = roles.token_logprobs(None, ids, attn, mask, trunk=trunk)   # reference
+    ref_logp, _ = roles.token_logprobs(roles.kl_reference, ids, attn, mask, trunk=trunk)  # the penalty's reference
     old_values = roles.values(ids, attn, trunk=trunk)[:, :-1]                # critic role
+
+    def shape(x: torch.Tensor, running: L.RunningMoments) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequence scores -> per-token rewards (and the per-token KL)."""
+        if cfg.reward_normalize:  # PPO-max: reward normalisation and clipping with running moments
+            running.update(dist.all_gather(x))  # data parallel: the moments of every rank's scores
+            x = L.normalize_and_clip_rewards(x, running, cfg.reward_clip or None, cfg.reward_shift_mean)
+        elif cfg.reward_clip:
+            x = x.clamp(-cfg.reward_clip, cfg.reward_clip)
+        if cfg.eos_penalty:  # penalty for answers that never reach EOS
+            x = x + cfg.eos_penalty * (~ro.reached_eos).float()
+        # PPO-max: token-level KL penalty to the reference
+        return L.kl_penalized_rewards(x, old_logp, ref_logp, mask, cfg.kl_coef, cfg.kl_estimator)
 
     # Grouped rollouts (RLOO's baseline, training/prompt_baseline.py): each answer's score minus the mean score of
     # the other answers to its prompt, so the advantage says "better than the other answers to this prompt"
@@ -148,23 +162,18 @@ def make_experience(roles: ActorCriticRoles, ro: Rollout, cfg: PPOConfig, moment
         base = scores - PB.prompt_baseline(scores, cfg.samples_per_prompt, cfg.prompt_baseline)
         if cfg.group_std_scale:  # GRPO: each prompt's answers on one scale
             base = base / PB.group_std(scores, cfg.samples_per_prompt)
-    # PPO-max: reward normalisation and clipping with running moments
-    shaped = base.clone()
-    if cfg.reward_normalize:
-        moments.update(dist.all_gather(base))  # data parallel: the moments of every rank's scores
-        shaped = L.normalize_and_clip_rewards(base, moments, cfg.reward_clip or None, cfg.reward_shift_mean)
-    elif cfg.reward_clip:
-        shaped = shaped.clamp(-cfg.reward_clip, cfg.reward_clip)
-    # penalty for answers that never reach EOS
-    if cfg.eos_penalty:
-        shaped = shaped + cfg.eos_penalty * (~ro.reached_eos).float()
-    # PPO-max: token-level KL penalty to the reference
-    rewards, kl = L.kl_penalized_rewards(shaped, old_logp, ref_logp, mask, cfg.kl_coef, cfg.kl_estimator)
+    rewards, kl = shape(base.clone(), moments)
     # GAE (γ=1, λ=0.95) on the critic's values — or RLOO: the rest-of-answer return, no value subtracted (the
-    # leave-one-out baseline above is the baseline); the critic still learns GAE's returns, as a monitor
+    # leave-one-out baseline above is the baseline)
     advantages, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
     if cfg.advantage == "rloo":
         advantages, _ = L.gae(rewards, torch.zeros_like(old_values), mask, 1.0, 1.0)
+        # the critic, a monitor here, learns the value of each state: the Monte-Carlo return (λ = 1, no bootstrap
+        # to flatter its explained variance) of the score *without* the baseline, normalised on its own running
+        # moments. The baseline is the other answers' mean score, which is not in the critic's input: taught the
+        # baselined returns it explained nothing (EV ≈ 0 in runs 14–22)
+        value_moments = value_moments if value_moments is not None else L.RunningMoments()
+        returns = L.gae(shape(scores.clone(), value_moments)[0], old_values, mask, cfg.gamma, 1.0)[1]
     # PPO-max advantage whitening
     if cfg.whiten_advantages:
         advantages = L.masked_whiten(advantages, mask)
@@ -343,7 +352,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
     policy_opt = torch.optim.AdamW(roles.params("policy"), lr=cfg.policy_lr, eps=1e-5)
     critic_opt = torch.optim.AdamW(roles.params("critic"), lr=cfg.critic_lr, eps=1e-5)
     dist.broadcast_params_(roles.params("policy") + roles.params("critic"))  # data parallel: one start for all
-    moments = L.RunningMoments()
+    moments, value_moments = L.RunningMoments(), L.RunningMoments()  # the scores' (RLOO: the critic's own)
     sampler = PromptSampler(train_prompts, cfg.seed)
     guard = CollapseGuard(cfg)
     update_rng = torch.Generator().manual_seed(cfg.seed)  # mini-batch order; the same on every rank (own data)
@@ -361,6 +370,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         save_checkpoint(run_dir, step, model=roles.model, adapters=("policy", "critic"), modules=roles.modules(),
                         optimizer=policy_opt, keep_last=cfg.keep_checkpoints,
                         extra={"critic_opt": critic_opt.state_dict(), "moments": moments.state_dict(),
+                               "value_moments": value_moments.state_dict(),
                                "sampler": sampler.state_dict(), "guard": guard.state_dict(), "best": dict(best),
                                "baseline": dict(baseline), "val_dtype": cfg.validation_dtype_name(settings),
                                "update_rng": update_rng.get_state()})
@@ -375,6 +385,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
             cfg.check_resumed_val_dtype(s.get("val_dtype"), settings)  # baseline and best: validated alike
             critic_opt.load_state_dict(s["critic_opt"])
             moments.load_state_dict(s["moments"])
+            value_moments.load_state_dict(s.get("value_moments", s["moments"]))  # older checkpoints: the scores'
             sampler.load_state_dict(s["sampler"])
             guard.load_state_dict(s["guard"])
             best.update(s["best"])
@@ -411,7 +422,7 @@ def train(cfg: PPOConfig, settings: Settings, stop_after: int | None = None) -> 
         prompts = dist.shard(PB.repeat_prompts(sampler.next(cfg.rollout_batch_size * world // k), k), rank, world)
         ro = rollout(roles, tokenizer, prompts, cfg,
                      seed=cfg.seed * 100003 + step * 1009 + rank * cfg.rollout_batch_size)
-        ex = make_experience(roles, ro, cfg, moments)
+        ex = make_experience(roles, ro, cfg, moments, value_moments)
         metrics = rollout_metrics(ro, ex, cfg)
         if k > 1:  # how much of the reward's spread is between prompts (removed) and how much is left within them
             metrics.update(PB.group_stats(ex.scores, k))

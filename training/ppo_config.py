@@ -86,6 +86,12 @@ class PPOConfig:
     # ---------------------------------------------------------------- PPO-max: reward shaping
     kl_coef: float = field(default=0.05, metadata={
         "help": "token-level KL penalty coefficient β (PPO-max: 0.01–0.05): r_t = -β·KL_t (+ score at the last token)"})
+    kl_reference: str = field(default="sft", metadata={
+        "help": "the policy the KL penalty pulls towards: sft (the base model with every adapter off, as in "
+                "InstructGPT and PPO-max) or init (a frozen copy of --init-policy, e.g. dpo-v1: the penalty keeps what "
+                "that policy learned instead of pulling back to SFT's compliance). Validation's exact KL, the KL "
+                "bound and the collapse guard measure the distance to SFT either way",
+        "choices": ["sft", "init"]})
     kl_estimator: str = field(default="k1", metadata={"help": "per-token KL estimator for the penalty: k1, k2 or k3"})
     reward_normalize: bool = field(default=True, metadata={
         "help": "PPO-max reward normalisation: divide scores by their running std (running moments)"})
@@ -104,8 +110,9 @@ class PPOConfig:
         "help": "how the advantage is estimated: 'gae' (PPO-max: GAE(γ, λ) on the critic's values) or 'rloo' (with "
                 "--samples-per-prompt K > 1: every token of an answer gets its rest-of-answer return, i.e. the "
                 "leave-one-out-centred score plus the KL penalties still to come — RLOO, Ahmadian et al. 2024 — "
-                "with no critic value subtracted; the critic is still trained and its explained variance logged, as "
-                "a monitor). With a critic that explains little, GAE's λ^t fades the final score before it reaches "
+                "with no critic value subtracted; the critic is still trained, as a monitor, on the Monte-Carlo return of "
+                "the score without the baseline, which it can predict from what it reads, and its explained variance "
+                "logged). With a critic that explains little, GAE's λ^t fades the final score before it reaches "
                 "the first tokens, the ones that decide whether an answer refuses"})
     gamma: float = field(default=1.0, metadata={"help": "discount γ of GAE (PPO-max: 1)"})
     lam: float = field(default=0.95, metadata={"help": "GAE λ (PPO-max: 0.95)"})
@@ -208,6 +215,11 @@ class PPOConfig:
             raise ValueError(f"--advantage {self.advantage!r}: 'gae' or 'rloo'")
         if self.group_std_scale and self.samples_per_prompt < 2:
             raise ValueError("--group-std-scale needs grouped rollouts: --samples-per-prompt K > 1")
+        if self.kl_reference not in ("sft", "init"):
+            raise ValueError(f"--kl-reference {self.kl_reference!r}: 'sft' or 'init'")
+        if self.kl_reference == "init" and self.init_policy == "sft":
+            raise ValueError("--kl-reference init needs --init-policy NAME (a published policy); from SFT the "
+                             "reference is SFT already: use --kl-reference sft")
         if self.label_safety < 0:
             raise ValueError(f"--label-safety {self.label_safety}: a scale > 0, or 0 for off")
         if self.advantage == "rloo" and (self.samples_per_prompt < 2 or self.prompt_baseline == "none"):
