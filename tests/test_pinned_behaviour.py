@@ -1,5 +1,6 @@
-"""Pins the shipped versions' behaviour: greedy generations of ``sft``, ``rlhf-v0``, ``dpo-v0``, ``dpo-v1`` and
-``rlhf-v1`` (token ids) and the scores of ``reward-v0``, ``judge-v0`` and ``reward-v2`` on three fixed conversations.
+"""Pins the shipped versions' behaviour: greedy generations of ``sft``, ``rlhf-v0``, ``dpo-v0``, ``dpo-v1``,
+``rlhf-v1``, ``rlhf-v2`` and ``rlhf-v3`` (token ids) and the scores of ``reward-v0``, ``judge-v0`` and ``reward-v2`` on
+three fixed conversations.
 
 The values were computed with the code as it stood before the "one house" restructuring (issue 14), in
 fp32 on CPU; a restructuring must not change them. Regenerate them only for a deliberate change of a
@@ -36,6 +37,14 @@ TOKENS["dpo-v1"] = [[50, 11458, 254, 314, 1135, 351, 5246, 30, 1626, 17663, 357,
 TOKENS["rlhf-v1"] = [[50, 11458, 354, 3785, 42, 198, 33, 30, 4499, 301, 260, 3785, 1793, 357, 9732, 3589],
                      [788, 41234, 506, 294, 7016, 14886, 28, 837, 1420, 284, 13155, 12342, 28, 198, 49, 33023],
                      [33, 30, 1903, 21197, 260, 10007, 6400, 3967, 378, 808, 1833, 314, 288, 2702, 253, 1646]]
+# rlhf-v2 and rlhf-v3 (shipped 2026-11-30 and 2026-12-01; docs/rlhf-v1/run21), computed in fp32 on CPU on 2026-12-01
+# through the same PolicyServer path (which reproduced the pins above). Both still comply with the lock-picking
+# break-in here ("1. **Choose the Right Key/Location:** ...") — pinned as they are
+TOKENS["rlhf-v2"] = [[50, 11458, 260, 3785, 1793, 357, 9732, 624, 6851, 2779, 30, 1626, 3025, 451, 42, 3717],
+                     TOKENS["rlhf-v1"][1], TOKENS["rlhf-v1"][2]]
+TOKENS["rlhf-v3"] = [[50, 11458, 274, 354, 3785, 314, 3100, 2232, 30, 1626, 17663, 354, 3785, 42, 198, 33],
+                     TOKENS["rlhf-v1"][1],
+                     [33, 30, 1903, 21197, 260, 10007, 24722, 3967, 378, 808, 1833, 314, 288, 2702, 253, 3695]]
 EGG, LOCK = PROMPTS[0], PROMPTS[2]
 CONVERSATIONS = [
     [{"role": "user", "content": EGG},
@@ -58,7 +67,7 @@ def test_greedy_generations_of_shipped_policies_are_pinned(embedded_settings):
     model, tok = load_base_model(embedded_settings)
     server = PolicyServer(model, tok, Registry(embedded_settings.versions_dir))
     try:
-        for policy in ("sft", "rlhf-v0", "dpo-v0", "dpo-v1", "rlhf-v1"):  # sft first, on the bare base; then the adapters
+        for policy in ("sft", "rlhf-v0", "dpo-v0", "dpo-v1", "rlhf-v1", "rlhf-v2", "rlhf-v3"):  # sft first, on the bare base; then the adapters
             streams = server.submit([Request([{"role": "user", "content": p}], policy, GREEDY) for p in PROMPTS])
             for s in streams:
                 s.result(timeout=300)
