@@ -110,10 +110,10 @@ class PPOConfig:
         "help": "how the advantage is estimated: 'gae' (PPO-max: GAE(γ, λ) on the critic's values) or 'rloo' (with "
                 "--samples-per-prompt K > 1: every token of an answer gets its rest-of-answer return, i.e. the "
                 "leave-one-out-centred score plus the KL penalties still to come — RLOO, Ahmadian et al. 2024 — "
-                "with no critic value subtracted; the critic is still trained, as a monitor, on the Monte-Carlo return of "
-                "the score without the baseline, which it can predict from what it reads, and its explained variance "
-                "logged). With a critic that explains little, GAE's λ^t fades the final score before it reaches "
-                "the first tokens, the ones that decide whether an answer refuses"})
+                "with no critic value subtracted; the critic is still trained, as a monitor, on the Monte-Carlo "
+                "return of the score without the baseline, which it can predict from what it reads, and its "
+                "explained variance logged). With a critic that explains little, GAE's λ^t fades the final score "
+                "before it reaches the first tokens, the ones that decide whether an answer refuses"})
     gamma: float = field(default=1.0, metadata={"help": "discount γ of GAE (PPO-max: 1)"})
     lam: float = field(default=0.95, metadata={"help": "GAE λ (PPO-max: 0.95)"})
     whiten_advantages: bool = field(default=True, metadata={"help": "PPO-max advantage whitening per batch"})
