@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from training import ppo
 from training.ppo import PPOConfig, train
 
 from tests.test_ppo import tiny_cfg, tiny_reward  # noqa: F401  (fixture)
+from tests.test_prompt_baseline import spy_experiences
 
 
 def test_kl_reference_flags_that_need_each_other_are_refused_before_loading():
@@ -21,17 +21,10 @@ def test_kl_reference_flags_that_need_each_other_are_refused_before_loading():
 
 
 def _first_experience(monkeypatch, cfg, settings):
-    seen = []
-    real = ppo.make_experience
-
-    def spy(roles, ro, c, *moments):
-        ex = real(roles, ro, c, *moments)
-        seen.append((roles.kl_reference, ro, ex))
-        return ex
-
-    monkeypatch.setattr(ppo, "make_experience", spy)
+    seen = spy_experiences(monkeypatch)
     train(cfg, settings)
-    return seen[0]
+    roles, ro, ex = seen[0]
+    return roles.kl_reference, ro, ex
 
 
 def test_the_penalty_starts_at_zero_against_the_starting_policy_and_validation_still_measures_sft(

@@ -53,23 +53,29 @@ def test_group_stats_and_repeat_prompts():
     assert PB.repeat_prompts(["a", "b"], 1) == ["a", "b"]
 
 
-def test_grouped_rollouts_answer_each_prompt_k_times_and_the_score_loses_the_loo_mean(tiny_settings, tiny_reward,
-                                                                                      tmp_path, monkeypatch):
-    """K=2: rows 2i and 2i+1 answer the same prompt with different seeds; with no normalisation, clipping, EOS
-    penalty or KL, each answer's summed reward is its score minus the other answer's score."""
+def spy_experiences(monkeypatch) -> list:
+    """Wrap ``ppo.make_experience`` so that each call's ``(roles, rollout, experience)`` is kept; returns the list."""
     seen = []
     real = ppo.make_experience
 
     def spy(roles, ro, cfg, *moments):
         ex = real(roles, ro, cfg, *moments)
-        seen.append((ro, ex))
+        seen.append((roles, ro, ex))
         return ex
 
     monkeypatch.setattr(ppo, "make_experience", spy)
+    return seen
+
+
+def test_grouped_rollouts_answer_each_prompt_k_times_and_the_score_loses_the_loo_mean(tiny_settings, tiny_reward,
+                                                                                      tmp_path, monkeypatch):
+    """K=2: rows 2i and 2i+1 answer the same prompt with different seeds; with no normalisation, clipping, EOS
+    penalty or KL, each answer's summed reward is its score minus the other answer's score."""
+    seen = spy_experiences(monkeypatch)
     cfg = tiny_cfg(tmp_path, publish=False, samples_per_prompt=2, rollout_batch_size=4, reward_normalize=False,
                    reward_clip=0.0, eos_penalty=0.0, kl_coef=0.0)
     train(cfg, tiny_settings)
-    for ro, ex in seen:
+    for _, ro, ex in seen:
         assert ro.prompts[0] == ro.prompts[1] and ro.prompts[2] == ro.prompts[3]
         summed = (ex.rewards * ro.response_mask).sum(1)
         s = ex.scores
@@ -84,20 +90,12 @@ def test_under_rloo_the_critic_learns_the_score_itself_while_the_policy_sees_the
     """--advantage rloo: the critic is a monitor. Its target is the Monte-Carlo return of the score *without* the
     prompt baseline (the other answers' scores are not in its input, so it could explain nothing of the baselined
     one), while the advantages (before whitening) keep the leave-one-out-centred return at every answer token."""
-    seen = []
-    real = ppo.make_experience
-
-    def spy(roles, ro, cfg, *moments):
-        ex = real(roles, ro, cfg, *moments)
-        seen.append((ro, ex))
-        return ex
-
-    monkeypatch.setattr(ppo, "make_experience", spy)
+    seen = spy_experiences(monkeypatch)
     cfg = tiny_cfg(tmp_path, publish=False, samples_per_prompt=2, rollout_batch_size=4, reward_normalize=False,
                    reward_clip=0.0, eos_penalty=0.0, kl_coef=0.0, advantage="rloo", whiten_advantages=False)
     train(cfg, tiny_settings)
     assert seen
-    for ro, ex in seen:
+    for _, ro, ex in seen:
         m = ro.response_mask.bool()
         s = ex.scores
         centred = torch.stack([s[0] - s[1], s[1] - s[0], s[2] - s[3], s[3] - s[2]])
