@@ -161,9 +161,10 @@ class ActorCriticRoles:
         if cfg.init_policy == "sft":
             model = R.add_adapter(model, "policy", lora)
         else:
-            model = R.load_adapter(model, registry.get(cfg.init_policy, kind="policy").path, "policy", trainable=True)
+            start = registry.get(cfg.init_policy, kind="policy").path
+            model = R.load_adapter(model, start, "policy", trainable=True)
             if getattr(cfg, "kl_reference", "sft") == "init":  # the KL penalty's reference: a frozen copy of the start
-                model = R.load_adapter(model, registry.get(cfg.init_policy, kind="policy").path, "reference")
+                model = R.load_adapter(model, start, "reference")
         if cfg.critic_from_reward and not toy:  # PPO-max: critic initialised from the reward model
             model = R.load_adapter(model, version.path, "critic", trainable=True)
         else:
